@@ -13,8 +13,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from neuronmap.server import SERVICES, RunningServer, serve  # noqa: E402
-from neuronmap.settings import Settings, load_settings  # noqa: E402
+from neuronmap.server import SERVICES, RunningServer, serve
+from neuronmap.settings import Settings, load_settings
 
 StartServer = Callable[..., RunningServer]
 

@@ -1,4 +1,4 @@
-"""Generates the Python stubs of proto/ into clients/python/neuronmap/v1 (or into --out for the staleness test)."""
+"""Generates the Python stubs of proto/ into clients/python/neuronmap/v1 (or --out, for the stale test)."""
 
 from __future__ import annotations
 

@@ -9,14 +9,14 @@ import pytest
 import zarr
 
 from neuronmap.errors import FailedPrecondition, NotFound
-from neuronmap.lake import Lake, PointInfo, chunk_rows, decode, encode
+from neuronmap.lake import Lake, PointInfo, RunWriter, chunk_rows, decode, encode
 
 
 def _tokens(lengths: list[int]) -> list[np.ndarray]:
     return [np.arange(n, dtype=np.int32) + 10 * i for i, n in enumerate(lengths)]
 
 
-def _create(lake: Lake, lengths: list[int], dtype: str = "float16", reduction: str = "tokens"):
+def _create(lake: Lake, lengths: list[int], dtype: str = "float16", reduction: str = "tokens") -> RunWriter:
     return lake.create_run(
         "r1",
         spec={"model": "m"},
@@ -55,7 +55,9 @@ def test_round_trip_tokens_layout(tmp_path: Path) -> None:
 def test_plain_zarr_opens_a_run(tmp_path: Path) -> None:
     lake = Lake(str(tmp_path / "lake"))
     writer = _create(lake, [2, 2])
-    writer.write(0, 2, {"blocks.0.resid_post": np.ones((4, 4), np.float16), "embed": np.ones((4, 3), np.float16)})
+    writer.write(
+        0, 2, {"blocks.0.resid_post": np.ones((4, 4), np.float16), "embed": np.ones((4, 3), np.float16)}
+    )
     writer.commit(2)
     group = zarr.open_group(str(tmp_path / "lake" / "runs" / "r1"), mode="r")
     assert group["points/blocks.0.resid_post"].shape == (4, 4)
@@ -93,7 +95,9 @@ def test_reduced_runs_have_a_row_per_prompt(tmp_path: Path) -> None:
     values = {"blocks.0.resid_post": np.eye(3, 4, dtype=np.float32), "embed": np.zeros((3, 3), np.float32)}
     writer.write(0, 3, values)
     writer.commit(3)
-    np.testing.assert_array_equal(lake.open_run("r1").read("blocks.0.resid_post"), values["blocks.0.resid_post"])
+    np.testing.assert_array_equal(
+        lake.open_run("r1").read("blocks.0.resid_post"), values["blocks.0.resid_post"]
+    )
 
 
 def test_bfloat16_round_trip_is_round_to_nearest_even() -> None:
@@ -121,7 +125,7 @@ def test_unknown_run_and_point(tmp_path: Path) -> None:
         lake.open_run("nope")
     assert not lake.has_run("nope")
     _create(lake, [1])
-    with pytest.raises(NotFound, match="has no point 'blocks.9.resid_post'"):
+    with pytest.raises(NotFound, match=r"has no point 'blocks\.9\.resid_post'"):
         lake.open_run("r1").array("blocks.9.resid_post")
 
 

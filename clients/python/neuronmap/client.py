@@ -208,7 +208,8 @@ class Client:
 
     def describe(self, model: str, include_modules: bool = False) -> extractor_pb2.ModelDescription:
         request = extractor_pb2.DescribeModelRequest(model=model, include_modules=include_modules)
-        return _call(self.extractor.DescribeModel, request)
+        description: extractor_pb2.ModelDescription = _call(self.extractor.DescribeModel, request)
+        return description
 
     def extract_events(
         self,
@@ -251,10 +252,15 @@ class Client:
 
     def watch(self, job_id: str, on_event: EventCallback | None = None) -> Run:
         """Follows a running job (started by anyone) to its end."""
-        return self._follow(_stream(self.extractor.WatchJob(extractor_pb2.WatchJobRequest(job_id=job_id))), on_event)
+        return self._follow(
+            _stream(self.extractor.WatchJob(extractor_pb2.WatchJobRequest(job_id=job_id))), on_event
+        )
 
     def cancel(self, job_id: str) -> extractor_pb2.JobEvent:
-        return _call(self.extractor.CancelJob, extractor_pb2.CancelJobRequest(job_id=job_id))
+        event: extractor_pb2.JobEvent = _call(
+            self.extractor.CancelJob, extractor_pb2.CancelJobRequest(job_id=job_id)
+        )
+        return event
 
     def jobs(self) -> list[extractor_pb2.JobEvent]:
         return list(_call(self.extractor.ListJobs, extractor_pb2.ListJobsRequest()).jobs)
@@ -313,7 +319,7 @@ class Client:
         return Statistics.from_proto(_call(self.analyzer.Statistics, request))
 
 
-class _Timeout(grpc.RpcError):
+class _Timeout(grpc.RpcError):  # type: ignore[misc]
     def __init__(self, target: str) -> None:
         self._target = target
 

@@ -6,7 +6,10 @@ Layout (one group per run, one per analysis)::
         prompts          str   [P]          the input texts, in the order they were given
         tokens/ids       int32 [T]          every real token, prompts concatenated (no padding stored)
         tokens/offsets   int64 [P+1]        prompt p spans rows offsets[p]:offsets[p+1]
-        points/<point>   f16 | bf16 | f32   [T, d] for reduction "tokens", [P, d] for "mean" / "last"
+        decoder_tokens/ids, decoder_tokens/offsets   the same for the decoder input of an encoder-decoder
+                                            model, present when decoder points were asked for
+        points/<point>   f16 | bf16 | f32   [T, d] for reduction "tokens" (T of the point's token axis),
+                                            [P, d] for "mean" / "last"
     <lake>/analyses/<analysis_id>/        attrs: report; one array per result; report.json beside
 
 bfloat16 has no Zarr data type: such points are stored as uint16 bit patterns with the array attribute
@@ -47,9 +50,17 @@ ANALYSES = "analyses"
 REDUCTIONS = ("tokens", "mean", "last")
 STORAGE_DTYPES = ("float16", "bfloat16", "float32")
 # numpy dtype each storage dtype is written as
-_STORED_AS = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(np.uint16), "float32": np.dtype(np.float32)}
+_STORED_AS: dict[str, np.dtype[Any]] = {
+    "float16": np.dtype(np.float16),
+    "bfloat16": np.dtype(np.uint16),
+    "float32": np.dtype(np.float32),
+}
 # numpy dtype readers get back
-_DECODED_AS = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(np.float32), "float32": np.dtype(np.float32)}
+_DECODED_AS: dict[str, np.dtype[Any]] = {
+    "float16": np.dtype(np.float16),
+    "bfloat16": np.dtype(np.float32),
+    "float32": np.dtype(np.float32),
+}
 
 CHUNK_BYTES = 8 << 20  # large sequential objects: activations barely compress, S3 favours big PUTs
 TOKEN_CHUNK_ROWS = 1 << 18
@@ -75,13 +86,15 @@ def open_store(uri: str, storage_options: Mapping[str, Any] | None = None, read_
     """A zarr store rooted at `uri`."""
     if is_local(uri):
         return zarr.storage.LocalStore(local_path(uri), read_only=read_only)
-    return zarr.storage.FsspecStore.from_url(uri, storage_options=dict(storage_options or {}), read_only=read_only)
+    return zarr.storage.FsspecStore.from_url(
+        uri, storage_options=dict(storage_options or {}), read_only=read_only
+    )
 
 
 def chunk_rows(width: int, itemsize: int, target_bytes: int = CHUNK_BYTES) -> int:
     """Rows per chunk: the largest power of two whose chunk stays under `target_bytes` (256 at least)."""
     rows = max(1, target_bytes // max(1, width * itemsize))
-    return max(256, 1 << int(math.floor(math.log2(rows))))
+    return max(256, 1 << math.floor(math.log2(rows)))
 
 
 def encode(values: np.ndarray, dtype: str) -> np.ndarray:
@@ -125,15 +138,18 @@ class RunLayout:
     dtype: str
     points: tuple[PointInfo, ...]
     chunk_rows: int
+    n_decoder_tokens: int = 0
 
-    @property
-    def n_rows(self) -> int:
-        return self.n_tokens if self.reduction == "tokens" else self.n_prompts
+    def n_rows(self, point: PointInfo) -> int:
+        if self.reduction != "tokens":
+            return self.n_prompts
+        return self.n_decoder_tokens if point.axis == "decoder_tokens" else self.n_tokens
 
     def to_json(self) -> dict[str, Any]:
         return {
             "n_prompts": self.n_prompts,
             "n_tokens": self.n_tokens,
+            "n_decoder_tokens": self.n_decoder_tokens,
             "reduction": self.reduction,
             "dtype": self.dtype,
             "chunk_rows": self.chunk_rows,
@@ -145,6 +161,7 @@ class RunLayout:
         return RunLayout(
             n_prompts=int(data["n_prompts"]),
             n_tokens=int(data["n_tokens"]),
+            n_decoder_tokens=int(data.get("n_decoder_tokens", 0)),
             reduction=str(data["reduction"]),
             dtype=str(data["dtype"]),
             chunk_rows=int(data["chunk_rows"]),
@@ -215,7 +232,7 @@ class RunReader:
             raise NotFound(f"run {run_id} has no layout (it was never fully created)")
         self.attrs: dict[str, Any] = attrs
         self.layout = RunLayout.from_json(attrs["layout"])
-        self._offsets: np.ndarray | None = None
+        self._offsets: dict[str, np.ndarray] = {}
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -240,26 +257,30 @@ class RunReader:
     def prompts(self) -> list[str]:
         return [str(s) for s in self.group["prompts"][:]]
 
-    def offsets(self) -> np.ndarray:
-        """`[P+1]` int64: prompt p spans token rows offsets[p]:offsets[p+1]."""
-        if self._offsets is None:
-            self._offsets = np.asarray(self.group["tokens/offsets"][:], dtype=np.int64)
-        return self._offsets
+    def offsets(self, axis: str = "tokens") -> np.ndarray:
+        """`[P+1]` int64: prompt p spans rows offsets[p]:offsets[p+1] of a token axis."""
+        if axis not in self._offsets:
+            self._offsets[axis] = np.asarray(self.group[f"{axis}/offsets"][:], dtype=np.int64)
+        return self._offsets[axis]
 
-    def token_ids(self) -> np.ndarray:
-        """`[T]` int32, every real token of every prompt."""
-        return np.asarray(self.group["tokens/ids"][:], dtype=np.int32)
+    def token_ids(self, axis: str = "tokens") -> np.ndarray:
+        """`[T]` int32, every real token of every prompt (of the input, or of the decoder input)."""
+        return np.asarray(self.group[f"{axis}/ids"][:], dtype=np.int32)
 
-    def committed_rows(self) -> int:
+    def rows_of(self, p0: int, p1: int, axis: str = "tokens") -> tuple[int, int]:
+        """Row range of prompts [p0, p1) in the points of a token axis."""
         if self.layout.reduction == "tokens":
-            return int(self.offsets()[self.committed_prompts])
-        return self.committed_prompts
+            offsets = self.offsets(axis)
+            return int(offsets[p0]), int(offsets[p1])
+        return p0, p1
 
     def array(self, point: str) -> PointArray:
         if point not in self.points:
             raise NotFound(f"run {self.run_id} has no point {point!r}; it has: {', '.join(self.points)}")
-        offsets = self.offsets() if self.layout.reduction == "tokens" else None
-        return PointArray(self.group[f"points/{point}"], self.layout.dtype, self.committed_rows(), offsets)
+        axis = self.points[point].axis
+        offsets = self.offsets(axis) if self.layout.reduction == "tokens" else None
+        rows = self.rows_of(0, self.committed_prompts, axis)[1]
+        return PointArray(self.group[f"points/{point}"], self.layout.dtype, rows, offsets)
 
     def read(self, point: str) -> np.ndarray:
         """Every committed row of a point, in memory: `[rows, d]`."""
@@ -269,22 +290,15 @@ class RunReader:
 class RunWriter(RunReader):
     """Write access to one run: windows of whole prompts, in order, then a commit."""
 
-    def rows_of(self, p0: int, p1: int) -> tuple[int, int]:
-        """Row range of prompts [p0, p1)."""
-        if self.layout.reduction == "tokens":
-            offsets = self.offsets()
-            return int(offsets[p0]), int(offsets[p1])
-        return p0, p1
-
     def write(self, p0: int, p1: int, values: Mapping[str, np.ndarray]) -> None:
         """Stores the activations of prompts [p0, p1): one `[rows, d]` array per point, already encoded."""
         if p0 != self.committed_prompts:
             raise FailedPrecondition(f"write of prompts {p0}:{p1} but {self.committed_prompts} are committed")
-        r0, r1 = self.rows_of(p0, p1)
         missing = set(self.points) - set(values)
         if missing:
             raise InvalidArgument(f"window {p0}:{p1} lacks points {sorted(missing)}")
         for name, block in values.items():
+            r0, r1 = self.rows_of(p0, p1, self.points[name].axis)
             if block.shape != (r1 - r0, self.points[name].width):
                 raise InvalidArgument(f"{name}: block {block.shape} != {(r1 - r0, self.points[name].width)}")
             self.group[f"points/{name}"][r0:r1] = block
@@ -292,7 +306,9 @@ class RunWriter(RunReader):
     def commit(self, p1: int) -> None:
         """Marks prompts [0, p1) durable. Call only after their `write` returned."""
         if p1 < self.committed_prompts or p1 > self.layout.n_prompts:
-            raise FailedPrecondition(f"commit to {p1} from {self.committed_prompts} of {self.layout.n_prompts}")
+            raise FailedPrecondition(
+                f"commit to {p1} from {self.committed_prompts} of {self.layout.n_prompts}"
+            )
         self._set_attrs(committed_prompts=p1)
 
     def set_status(self, status: RunStatus, **extra: Any) -> None:
@@ -305,6 +321,16 @@ class RunWriter(RunReader):
     def _set_attrs(self, **values: Any) -> None:
         self.group.attrs.update(values)
         self.attrs.update(values)
+
+
+def _offsets(token_ids: Sequence[np.ndarray], n_prompts: int, axis: str) -> np.ndarray:
+    """`[P+1]` row offsets of prompts whose ids are given; every prompt needs a token."""
+    if len(token_ids) != n_prompts:
+        raise InvalidArgument(f"{n_prompts} prompts but {len(token_ids)} token lists on axis {axis}")
+    lengths = np.array([len(t) for t in token_ids], dtype=np.int64)
+    if (lengths == 0).any():
+        raise InvalidArgument(f"prompt {int(np.argmin(lengths))} has no tokens on axis {axis}")
+    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
 
 
 class Lake:
@@ -366,26 +392,31 @@ class Lake:
         reduction: str,
         dtype: str,
         provenance: Mapping[str, Any] | None = None,
+        decoder_token_ids: Sequence[np.ndarray] | None = None,
     ) -> RunWriter:
         """Creates a run (replacing any unfinished group of the same id) with its prompts and tokens.
 
-        `token_ids[p]` holds the ids of prompt p after truncation: `[tokens_p]`.
+        `token_ids[p]` holds the ids of prompt p after truncation: `[tokens_p]`; `decoder_token_ids[p]`
+        the decoder input of prompt p, required when a point follows the "decoder_tokens" axis.
         """
         if reduction not in REDUCTIONS:
             raise InvalidArgument(f"reduction {reduction!r} is not one of {', '.join(REDUCTIONS)}")
         if dtype not in STORAGE_DTYPES:
             raise InvalidArgument(f"dtype {dtype!r} is not one of {', '.join(STORAGE_DTYPES)}")
-        if len(prompts) != len(token_ids) or not prompts:
-            raise InvalidArgument(f"{len(prompts)} prompts but {len(token_ids)} token lists")
+        if not prompts:
+            raise InvalidArgument("a run needs at least one prompt")
         if not points:
             raise InvalidArgument("a run needs at least one point")
-        lengths = np.array([len(t) for t in token_ids], dtype=np.int64)
-        if (lengths == 0).any():
-            raise InvalidArgument(f"prompt {int(np.argmin(lengths))} has no tokens")
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        axes = {"tokens": token_ids}
+        if decoder_token_ids is not None:
+            axes["decoder_tokens"] = decoder_token_ids
+        elif any(p.axis == "decoder_tokens" for p in points):
+            raise InvalidArgument("decoder points need the decoder input's token ids")
+        offsets = {axis: _offsets(ids, len(prompts), axis) for axis, ids in axes.items()}
         layout = RunLayout(
             n_prompts=len(prompts),
-            n_tokens=int(offsets[-1]),
+            n_tokens=int(offsets["tokens"][-1]),
+            n_decoder_tokens=int(offsets["decoder_tokens"][-1]) if "decoder_tokens" in offsets else 0,
             reduction=reduction,
             dtype=dtype,
             points=tuple(points),
@@ -396,18 +427,14 @@ class Lake:
         assert group is not None
         text = group.create_array("prompts", shape=(len(prompts),), dtype=str, chunks=(TOKEN_CHUNK_ROWS,))
         text[:] = np.array(list(prompts), dtype=object)
-        ids = group.create_array(
-            "tokens/ids", shape=(layout.n_tokens,), dtype="int32", chunks=(TOKEN_CHUNK_ROWS,)
-        )
-        ids[:] = np.concatenate([np.asarray(t, dtype=np.int32) for t in token_ids])
-        offs = group.create_array(
-            "tokens/offsets", shape=(len(offsets),), dtype="int64", chunks=(TOKEN_CHUNK_ROWS,)
-        )
-        offs[:] = offsets
+        for axis, ids in axes.items():
+            flat = np.concatenate([np.asarray(t, dtype=np.int32) for t in ids])
+            group.create_array(f"{axis}/ids", data=flat, chunks=(TOKEN_CHUNK_ROWS,))
+            group.create_array(f"{axis}/offsets", data=offsets[axis], chunks=(TOKEN_CHUNK_ROWS,))
         for point in points:
             group.create_array(
                 f"points/{point.name}",
-                shape=(layout.n_rows, point.width),
+                shape=(layout.n_rows(point), point.width),
                 chunks=(layout.chunk_rows, point.width),
                 dtype=_STORED_AS[dtype],
                 fill_value=0,

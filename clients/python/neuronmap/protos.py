@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from neuronmap.errors import InvalidArgument
 from neuronmap.v1 import common_pb2, extractor_pb2
 
@@ -34,7 +36,7 @@ JOB_STATE_TO_PROTO = {
 }
 
 
-def _invert(table: dict[str, int]) -> dict[int, str]:
+def _invert(table: Mapping[str, int]) -> dict[int, str]:
     return {v: k for k, v in table.items()}
 
 

@@ -1,0 +1,1 @@
+"""The analyzer service: out-of-core statistics of runs in the activation lake."""

@@ -1,0 +1,1 @@
+"""The catalog service: a DuckDB index of runs and analyses, the only process that opens the file."""

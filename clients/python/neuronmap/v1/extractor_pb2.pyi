@@ -86,7 +86,7 @@ class ModelDescription(_message.Message):
     def __init__(self, info: _Optional[_Union[ModelInfo, _Mapping]] = ..., points: _Optional[_Iterable[_Union[_common_pb2.PointShape, _Mapping]]] = ..., modules: _Optional[_Iterable[_Union[_common_pb2.PointShape, _Mapping]]] = ..., source: _Optional[str] = ...) -> None: ...
 
 class ExtractRequest(_message.Message):
-    __slots__ = ("model", "prompts", "points", "reduction", "dtype", "batch_size", "max_length", "dry_run")
+    __slots__ = ("model", "prompts", "points", "reduction", "dtype", "batch_size", "max_length", "dry_run", "decoder_targets")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPTS_FIELD_NUMBER: _ClassVar[int]
     POINTS_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +95,7 @@ class ExtractRequest(_message.Message):
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_LENGTH_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    DECODER_TARGETS_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompts: _containers.RepeatedScalarFieldContainer[str]
     points: _containers.RepeatedScalarFieldContainer[str]
@@ -103,7 +104,8 @@ class ExtractRequest(_message.Message):
     batch_size: int
     max_length: int
     dry_run: bool
-    def __init__(self, model: _Optional[str] = ..., prompts: _Optional[_Iterable[str]] = ..., points: _Optional[_Iterable[str]] = ..., reduction: _Optional[_Union[_common_pb2.Reduction, str]] = ..., dtype: _Optional[_Union[_common_pb2.StorageDtype, str]] = ..., batch_size: _Optional[int] = ..., max_length: _Optional[int] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+    decoder_targets: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., prompts: _Optional[_Iterable[str]] = ..., points: _Optional[_Iterable[str]] = ..., reduction: _Optional[_Union[_common_pb2.Reduction, str]] = ..., dtype: _Optional[_Union[_common_pb2.StorageDtype, str]] = ..., batch_size: _Optional[int] = ..., max_length: _Optional[int] = ..., dry_run: _Optional[bool] = ..., decoder_targets: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("batches_done", "batches_total", "prompts_done", "prompts_total", "tokens_done", "tokens_total", "tokens_per_second", "eta_seconds", "elapsed_seconds")

@@ -1,0 +1,577 @@
+"""One extraction, from a request to a committed run in the lake. Knows nothing of gRPC or job queues.
+
+    prepared = prepare(request, registry, settings)     # checks everything it can without weights
+    lake.has_run(prepared.run_id)                       # a complete run is served as it is
+    outcome = execute(prepared, loaded_model, lake, ...)
+
+`prepare` resolves the model and its points on a weightless (meta-device) copy, so a bad request fails
+at once, and computes the run id: a hash of everything that determines the stored bytes.
+`execute` tokenises, checks the hooks against a plain forward pass on the first prompt, then runs
+length-sorted batches window by window, handing each window to the background writer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import inspect
+import json
+import platform
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoConfig, PretrainedConfig
+
+from neuronmap.errors import Cancelled, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from neuronmap.lake import REDUCTIONS, STORAGE_DTYPES, Lake, PointInfo, RunWriter, decode, encode
+from neuronmap.settings import Settings
+from neuronmap_extractor.batching import Tokenized, pad, plan_batches, plan_windows, tokenize
+from neuronmap_extractor.capture import AxisRows, Capture
+from neuronmap_extractor.discovery import ModelMap, Site
+from neuronmap_extractor.loading import (
+    LoadedModel,
+    context_length,
+    meta_model,
+    model_kind,
+    weights_location,
+)
+from neuronmap_extractor.registry import ModelSpec, Registry
+from neuronmap_extractor.writer import BackgroundWriter
+
+RUN_FORMAT = 1
+MAX_BATCH_SIZE = 4096
+STORAGE_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4}
+
+
+@dataclass(frozen=True)
+class ExtractionRequest:
+    model: str
+    prompts: tuple[str, ...]
+    points: tuple[str, ...]
+    reduction: str = "tokens"
+    dtype: str = "float16"
+    batch_size: int = 0
+    max_length: int = 0
+    decoder_targets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A request checked against the model's structure, with the id of the run it produces."""
+
+    request: ExtractionRequest
+    spec: ModelSpec
+    config: PretrainedConfig
+    kind: str
+    location: str
+    revision: str
+    sites: tuple[Site, ...]
+    max_length: int
+    batch_size: int
+    run_spec: dict[str, Any]
+    run_id: str
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def needs_decoder(self) -> bool:
+        return any(site.axis == "decoder_tokens" for site in self.sites)
+
+
+@dataclass
+class Progress:
+    batches_done: int = 0
+    batches_total: int = 0
+    prompts_done: int = 0
+    prompts_total: int = 0
+    tokens_done: int = 0
+    tokens_total: int = 0
+    tokens_per_second: float = 0.0
+    eta_seconds: float = 0.0
+    elapsed_seconds: float = 0.0
+
+
+@dataclass
+class Outcome:
+    run_id: str
+    uri: str
+    points: list[PointInfo]
+    n_rows: dict[str, int]
+    truncated: int
+    resumed_from: int
+    progress: Progress
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def _sha256_json(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def validate(request: ExtractionRequest, settings: Settings) -> None:
+    if not request.prompts:
+        raise InvalidArgument("no prompts to extract (is the question file empty?)")
+    if len(request.prompts) > settings.max_prompts:
+        raise ResourceExhausted(
+            f"{len(request.prompts)} prompts exceed this server's limit of {settings.max_prompts} per request"
+        )
+    if not request.points:
+        raise InvalidArgument("no points asked for: name hook points (blocks.3.resid_post) or module paths")
+    if request.reduction not in REDUCTIONS:
+        raise InvalidArgument(f"reduction {request.reduction!r} is not one of {', '.join(REDUCTIONS)}")
+    if request.dtype not in STORAGE_DTYPES:
+        raise InvalidArgument(f"dtype {request.dtype!r} is not one of {', '.join(STORAGE_DTYPES)}")
+    if not 0 <= request.batch_size <= MAX_BATCH_SIZE:
+        raise InvalidArgument(f"batch size {request.batch_size} is outside 1..{MAX_BATCH_SIZE}")
+    if request.max_length < 0:
+        raise InvalidArgument(f"max length {request.max_length} is negative")
+    if request.decoder_targets and len(request.decoder_targets) != len(request.prompts):
+        raise InvalidArgument(
+            f"{len(request.decoder_targets)} decoder targets for {len(request.prompts)} prompts: "
+            "give one per prompt"
+        )
+
+
+def prepare(
+    request: ExtractionRequest,
+    registry: Registry,
+    settings: Settings,
+    model_maps: dict[tuple[str, str], ModelMap] | None = None,
+) -> Prepared:
+    """Checks a request against the model's structure (no weights) and computes its run id.
+
+    `model_maps` caches the structure of models already seen, keyed by (location, revision).
+    """
+    validate(request, settings)
+    spec = registry.resolve(request.model)
+    location, revision = weights_location(spec, settings)
+    try:
+        config = AutoConfig.from_pretrained(location, trust_remote_code=False, revision=spec.revision or None)
+    except OSError as error:
+        raise NotFound(
+            f"model {request.model!r} is not available here: {str(error).splitlines()[0]}"
+        ) from None
+    revision = revision or str(getattr(config, "_commit_hash", "") or "unknown")
+    family = registry.family(config.model_type)
+    kind = model_kind(config, family)
+    key = (location, revision)
+    model_map = (model_maps or {}).get(key)
+    if model_map is None:
+        model_map = ModelMap(meta_model(config, kind), config, family)
+        if model_maps is not None:
+            model_maps[key] = model_map
+    sites: dict[str, Site] = {}
+    for name in request.points:
+        site = model_map.resolve(name)
+        sites.setdefault(site.name, site)
+    if request.decoder_targets and not any(s.axis == "decoder_tokens" for s in sites.values()):
+        raise InvalidArgument("decoder targets were given but no decoder point was asked for")
+    warnings = []
+    context = context_length(spec, config, None)
+    max_length = request.max_length or context
+    if max_length > context:
+        warnings.append(f"max length {max_length} exceeds the model's context of {context}; using {context}")
+        max_length = context
+    batch_size = request.batch_size or spec.batch_size
+    decoder_input = "none"
+    if any(s.axis == "decoder_tokens" for s in sites.values()):
+        decoder_input = (
+            f"start token + targets sha256:{_sha256_json(list(request.decoder_targets))}"
+            if request.decoder_targets
+            else "start token"
+        )
+    run_spec = {
+        "format": RUN_FORMAT,
+        "model": spec.key,
+        "model_id": spec.hf_id,
+        "revision": revision,
+        "points": list(sites),
+        "modules": {name: f"{s.module_path}:{s.kind}" for name, s in sites.items()},
+        "reduction": request.reduction,
+        "dtype": request.dtype,
+        "max_length": max_length,
+        "n_prompts": len(request.prompts),
+        "prompts_sha256": _sha256_json(list(request.prompts)),
+        "decoder_input": decoder_input,
+    }
+    hashed = {k: v for k, v in run_spec.items() if k != "model"}  # a key and its hub id are the same bytes
+    hashed["points"] = sorted(sites)
+    return Prepared(
+        request=request,
+        spec=spec,
+        config=config,
+        kind=kind,
+        location=location,
+        revision=revision,
+        sites=tuple(sites.values()),
+        max_length=max_length,
+        batch_size=batch_size,
+        run_spec=run_spec,
+        run_id="run-" + _sha256_json(hashed)[:24],
+        warnings=tuple(warnings),
+    )
+
+
+def tokenize_decoder(
+    loaded: LoadedModel, targets: Sequence[str], n_prompts: int, max_length: int
+) -> list[np.ndarray]:
+    """Decoder inputs: the start token, then each target's tokens (teacher forcing), truncated."""
+    start = getattr(loaded.config, "decoder_start_token_id", None)
+    if start is None:
+        raise FailedPrecondition(f"model {loaded.spec.key} has no decoder_start_token_id in its config")
+    if not targets:
+        return [np.array([start], dtype=np.int32) for _ in range(n_prompts)]
+    encoded = loaded.tokenizer(list(targets), add_special_tokens=False)["input_ids"]
+    return [np.asarray([start, *ids[: max_length - 1]], dtype=np.int32) for ids in encoded]
+
+
+class _Forward:
+    """Calls the model the way its kind needs, skipping the decoder when only encoder points are read."""
+
+    def __init__(self, loaded: LoadedModel, needs_decoder: bool) -> None:
+        self.loaded = loaded
+        self.needs_decoder = needs_decoder
+        self._accepts_use_cache = "use_cache" in inspect.signature(loaded.model.forward).parameters
+
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        mask: torch.Tensor,
+        decoder: tuple[torch.Tensor, torch.Tensor] | None,
+        output_hidden_states: bool = False,
+    ) -> Any:
+        model = self.loaded.model
+        device = self.loaded.device
+        inputs: dict[str, Any] = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
+        if output_hidden_states:
+            inputs["output_hidden_states"] = True
+        if self.loaded.kind == "seq2seq" and not self.needs_decoder:
+            return model.get_encoder()(**inputs)  # type: ignore[operator]
+        if decoder is not None:
+            inputs["decoder_input_ids"] = decoder[0].to(device)
+            inputs["decoder_attention_mask"] = decoder[1].to(device)
+        if self._accepts_use_cache:
+            inputs["use_cache"] = False
+        return model(**inputs)
+
+
+def _pad_id(loaded: LoadedModel) -> int:
+    for value in (loaded.tokenizer.pad_token_id, getattr(loaded.config, "pad_token_id", None)):
+        if isinstance(value, int):
+            return value
+    return 0  # masked out anyway; any valid id will do
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in ("neuronmap", "torch", "transformers", "zarr", "numpy"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+@dataclass
+class _Batcher:
+    """Runs batches through a Capture, splitting a batch that runs out of GPU memory."""
+
+    capture: Capture
+    forward: _Forward
+    token_ids: list[np.ndarray]
+    decoder_ids: list[np.ndarray] | None
+    pad_id: int
+
+    def run(self, prompts: np.ndarray) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """[(prompt indices, rows by point)] for the batch, split in halves on CUDA out-of-memory."""
+        try:
+            return [(prompts, self._run_once(prompts))]
+        except torch.cuda.OutOfMemoryError:
+            if len(prompts) == 1:
+                raise ResourceExhausted(
+                    f"one prompt of {len(self.token_ids[int(prompts[0])])} tokens does not fit in GPU memory"
+                ) from None
+            torch.cuda.empty_cache()
+            half = len(prompts) // 2
+            return self.run(prompts[:half]) + self.run(prompts[half:])
+
+    def _run_once(self, prompts: np.ndarray) -> dict[str, np.ndarray]:
+        input_ids, mask = pad([self.token_ids[int(p)] for p in prompts], self.pad_id)
+        axes = {"tokens": AxisRows.from_mask(mask.to(self.forward.loaded.device))}
+        decoder = None
+        if self.decoder_ids is not None:
+            decoder = pad([self.decoder_ids[int(p)] for p in prompts], self.pad_id)
+            axes["decoder_tokens"] = AxisRows.from_mask(decoder[1].to(self.forward.loaded.device))
+        return self.capture.run(lambda: self.forward(input_ids, mask, decoder), axes)
+
+
+def _reference_check(
+    loaded: LoadedModel,
+    prepared: Prepared,
+    forward: _Forward,
+    token_ids: list[np.ndarray],
+    decoder_ids: list[np.ndarray] | None,
+) -> tuple[dict[str, int], dict[str, np.ndarray], dict[str, Any]]:
+    """Runs prompt 0 alone with every hook and output_hidden_states, without stopping early.
+
+    Returns each site's width, its values for prompt 0 (to compare with the same prompt inside its
+    batch later), and the largest difference between resid_post/embed hooks and the hidden states.
+    """
+    capture = Capture(loaded.model, prepared.sites, "tokens", "float32")
+    capture.stop_early = False
+    input_ids, mask = pad([token_ids[0]], _pad_id(loaded))
+    axes = {"tokens": AxisRows.from_mask(mask.to(loaded.device))}
+    decoder = None
+    if decoder_ids is not None:
+        decoder = pad([decoder_ids[0]], _pad_id(loaded))
+        axes["decoder_tokens"] = AxisRows.from_mask(decoder[1].to(loaded.device))
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        result["output"] = forward(input_ids, mask, decoder, output_hidden_states=True)
+
+    with capture:
+        alone = capture.run(run, axes)
+    widths = {name: int(values.shape[-1]) for name, values in alone.items()}
+    output = result.get("output")
+    compared: dict[str, float] = {}
+    hidden = getattr(output, "hidden_states", None) or getattr(output, "encoder_hidden_states", None)
+    if hidden is not None:
+        n_blocks = len(hidden) - 1
+        for site in prepared.sites:
+            if site.stack == "decoder":
+                continue
+            bare = site.name.removeprefix("encoder.")
+            index = None
+            if bare == "embed":
+                index = 0
+            elif bare.startswith("blocks.") and bare.endswith(".resid_post"):
+                block = int(bare.split(".")[1])
+                # The last hidden state is often taken after the final norm: compare the others.
+                index = block + 1 if block < n_blocks - 1 else None
+            if index is not None:
+                reference = hidden[index][0].to(torch.float32).cpu().numpy()
+                compared[site.name] = float(np.max(np.abs(reference - alone[site.name])))
+    check = {
+        "prompt": 0,
+        "reference": "output_hidden_states of a plain forward pass on prompt 0 alone",
+        "points_compared": sorted(compared),
+        "max_abs_diff_hidden_states": max(compared.values()) if compared else None,
+    }
+    return widths, alone, check
+
+
+def execute(
+    prepared: Prepared,
+    loaded: LoadedModel,
+    lake: Lake,
+    *,
+    window_bytes: int,
+    on_start: Callable[[RunWriter, int, int], None] = lambda *_: None,
+    on_progress: Callable[[Progress], None] = lambda _: None,
+    on_commit: Callable[[int], None] = lambda _: None,
+    cancel: threading.Event | None = None,
+) -> Outcome:
+    """Extracts every prompt not yet committed into the run `prepared.run_id` and completes it.
+
+    Calls on_start(run, resumed_from, truncated prompts) once the run exists in the lake, on_progress
+    after every batch, on_commit(committed prompts) after every stored window (from the writer thread).
+    """
+    request = prepared.request
+    started = time.monotonic()
+    tokens = tokenize(loaded.tokenizer, request.prompts, prepared.max_length)
+    decoder_ids = (
+        tokenize_decoder(loaded, request.decoder_targets, len(request.prompts), prepared.max_length)
+        if prepared.needs_decoder
+        else None
+    )
+    forward = _Forward(loaded, prepared.needs_decoder)
+    widths, alone, check = _reference_check(loaded, prepared, forward, tokens.ids, decoder_ids)
+    points = [
+        PointInfo(
+            s.name,
+            widths[s.name],
+            s.module_path,
+            s.kind,
+            s.axis if request.reduction == "tokens" else "tokens",
+        )
+        for s in prepared.sites
+    ]
+    run, resumed_from = _open_or_create(prepared, lake, request, tokens, decoder_ids, points)
+    on_start(run, resumed_from, len(tokens.truncated))
+    provenance: dict[str, Any] = {
+        "versions": library_versions(),
+        "model": prepared.spec.key,
+        "model_id": loaded.model_id,
+        "revision": loaded.revision,
+        "compute_dtype": str(loaded.dtype).removeprefix("torch."),
+        "storage_dtype": request.dtype,
+        "device": str(loaded.device),
+        "batch_size": prepared.batch_size,
+        "truncated_prompts": len(tokens.truncated),
+        "reference_check": check,
+    }
+    lengths = tokens.lengths
+    itemsize = STORAGE_ITEMSIZE[request.dtype]
+    dec_lengths = (
+        np.array([len(t) for t in decoder_ids], dtype=np.int64) if decoder_ids is not None else lengths
+    )
+    per_prompt_bytes = np.zeros(len(lengths), dtype=np.int64)
+    for point in points:
+        rows = (
+            (dec_lengths if point.axis == "decoder_tokens" else lengths)
+            if request.reduction == "tokens"
+            else 1
+        )
+        per_prompt_bytes += rows * point.width * itemsize
+    windows = plan_windows(per_prompt_bytes, resumed_from, max(1, window_bytes))
+    batch_plan = [(p0, p1, plan_batches(lengths[p0:p1], prepared.batch_size)) for p0, p1 in windows]
+    progress = Progress(
+        batches_total=sum(len(b) for _, _, b in batch_plan),
+        prompts_total=len(lengths),
+        prompts_done=resumed_from,
+        tokens_total=int(lengths[resumed_from:].sum()),
+    )
+    on_progress(progress)
+    batcher = _Batcher(
+        Capture(loaded.model, prepared.sites, request.reduction, request.dtype),
+        forward,
+        tokens.ids,
+        decoder_ids,
+        _pad_id(loaded),
+    )
+    writer = BackgroundWriter(run, on_commit)
+    compute_start = time.monotonic()
+    try:
+        with batcher.capture:
+            for p0, p1, batches in batch_plan:
+                buffers = {
+                    p.name: np.empty(
+                        (run.rows_of(p0, p1, p.axis)[1] - run.rows_of(p0, p1, p.axis)[0], p.width),
+                        dtype=_stored_dtype(request.dtype),
+                    )
+                    for p in points
+                }
+                for local in batches:
+                    if cancel is not None and cancel.is_set():
+                        raise Cancelled(
+                            f"run {prepared.run_id} cancelled after {progress.prompts_done} committed prompts"
+                        )
+                    for indices, values in batcher.run(local + p0):
+                        _scatter(run, points, p0, indices, values, buffers)
+                    progress.batches_done += 1
+                    progress.tokens_done += int(lengths[local + p0].sum())
+                    elapsed = time.monotonic() - compute_start
+                    progress.elapsed_seconds = time.monotonic() - started
+                    progress.tokens_per_second = progress.tokens_done / elapsed if elapsed > 0 else 0.0
+                    remaining = progress.tokens_total - progress.tokens_done
+                    progress.eta_seconds = (
+                        remaining / progress.tokens_per_second if progress.tokens_per_second else 0.0
+                    )
+                    on_progress(progress)
+                if p0 == 0:
+                    check["max_abs_diff_batched_vs_alone"] = _batched_vs_alone(
+                        run, points, buffers, alone, request.dtype
+                    )
+                writer.submit(p0, p1, buffers)
+                progress.prompts_done = p1
+    finally:
+        writer.close()
+    seconds = time.monotonic() - started
+    provenance.update(
+        seconds=round(seconds, 3),
+        tokens_per_second=round(progress.tokens_per_second, 1),
+        resumed_from_prompt=resumed_from,
+    )
+    run.set_status("complete", provenance=provenance)
+    progress.elapsed_seconds = seconds
+    progress.eta_seconds = 0.0
+    on_progress(progress)
+    return Outcome(
+        run_id=prepared.run_id,
+        uri=run.uri,
+        points=points,
+        n_rows={p.name: run.layout.n_rows(p) for p in points},
+        truncated=len(tokens.truncated),
+        resumed_from=resumed_from,
+        progress=progress,
+        provenance=provenance,
+    )
+
+
+def _stored_dtype(dtype: str) -> np.dtype[Any]:
+    return np.dtype(np.uint16) if dtype == "bfloat16" else np.dtype(dtype)
+
+
+def _scatter(
+    run: RunWriter,
+    points: Sequence[PointInfo],
+    p0: int,
+    prompts: np.ndarray,
+    rows: dict[str, np.ndarray],
+    buffers: dict[str, np.ndarray],
+) -> None:
+    """Places a batch's rows (batch order) at their prompts' rows in the window buffers (prompt order)."""
+    destinations: dict[str, np.ndarray] = {}
+    for point in points:
+        if point.axis not in destinations:
+            if run.layout.reduction == "tokens":
+                offsets = run.offsets(point.axis)
+                base = offsets[p0]
+                destinations[point.axis] = np.concatenate(
+                    [np.arange(offsets[p] - base, offsets[p + 1] - base) for p in prompts]
+                )
+            else:
+                destinations[point.axis] = prompts - p0
+        buffers[point.name][destinations[point.axis]] = rows[point.name]
+
+
+def _batched_vs_alone(
+    run: RunWriter,
+    points: Sequence[PointInfo],
+    buffers: dict[str, np.ndarray],
+    alone: dict[str, np.ndarray],
+    dtype: str,
+) -> float:
+    """Largest difference between prompt 0 inside its batch and prompt 0 run alone (tokens runs)."""
+    if run.layout.reduction != "tokens":
+        return float("nan")
+    worst = 0.0
+    for point in points:
+        r0, r1 = run.rows_of(0, 1, point.axis)
+        batched = decode(buffers[point.name][r0:r1], dtype).astype(np.float32)
+        reference = decode(encode(alone[point.name], dtype), dtype).astype(np.float32)
+        worst = max(worst, float(np.max(np.abs(batched - reference))))
+    return worst
+
+
+def _open_or_create(
+    prepared: Prepared,
+    lake: Lake,
+    request: ExtractionRequest,
+    tokens: Tokenized,
+    decoder_ids: list[np.ndarray] | None,
+    points: list[PointInfo],
+) -> tuple[RunWriter, int]:
+    """Resumes a run of the same spec from its committed prompts, or creates it."""
+    if lake.has_run(prepared.run_id):
+        run = lake.open_run_for_write(prepared.run_id)
+        same_points = [asdict(p) for p in run.layout.points] == [asdict(p) for p in points]
+        if run.spec == prepared.run_spec and same_points and run.status != "complete":
+            return run, run.committed_prompts
+        if run.status == "complete":
+            raise FailedPrecondition(f"run {prepared.run_id} is already complete")
+    run = lake.create_run(
+        prepared.run_id,
+        spec=prepared.run_spec,
+        prompts=request.prompts,
+        token_ids=tokens.ids,
+        points=points,
+        reduction=request.reduction,
+        dtype=request.dtype,
+        decoder_token_ids=decoder_ids if any(p.axis == "decoder_tokens" for p in points) else None,
+    )
+    return run, 0
