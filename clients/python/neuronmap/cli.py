@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -28,7 +29,9 @@ from neuronmap.questions import read_questions
 from neuronmap.settings import load_settings
 from neuronmap.v1 import extractor_pb2
 
-out = Console(highlight=False, soft_wrap=True)
+# Off a terminal (pipes, logs) rich would wrap tables at 80 columns; give them room instead.
+_WIDTH = None if sys.stdout.isatty() else 200
+out = Console(highlight=False, soft_wrap=True, width=_WIDTH)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -230,7 +233,7 @@ class _ProgressBar:
         for warning in event.warnings:
             if warning not in getattr(self, "_warned", set()):
                 self.__dict__.setdefault("_warned", set()).add(warning)
-                err.print(f"[yellow]warning:[/yellow] {warning}")
+                err.print(f"[yellow]warning:[/yellow] {escape(warning)}")
         if self.progress is None:
             return
         p = event.progress
@@ -561,11 +564,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except NeuronMapError as error:
-        err.print(f"[red]error[/red] ({error.code}): {error}", markup=True)
+        err.print(f"[red]error[/red] ({error.code}): {escape(str(error))}", markup=True)
         return 1
     except KeyboardInterrupt:
         err.print("interrupted (a running extraction goes on; `neuronmap jobs` shows it)")
         return 130
+    except BrokenPipeError:  # `neuronmap ... | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -435,7 +435,8 @@ class Lake:
             group.create_array(
                 f"points/{point.name}",
                 shape=(layout.n_rows(point), point.width),
-                chunks=(layout.chunk_rows, point.width),
+                # Zarr stores an edge chunk at full size: a chunk longer than the array wastes its tail.
+                chunks=(max(1, min(layout.chunk_rows, layout.n_rows(point))), point.width),
                 dtype=_STORED_AS[dtype],
                 fill_value=0,
                 compressors=None,

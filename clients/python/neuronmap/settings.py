@@ -63,7 +63,7 @@ class Settings:
     model_cache_dir: str = "./neuronmap-data/models"
     max_message_mb: int = 256
     # Activations of this many MiB are gathered before a write; bounds the extractor's memory.
-    window_mb: int = 256
+    window_mb: float = 256.0
     max_prompts: int = 1_000_000
     dask_scheduler: str = ""
 

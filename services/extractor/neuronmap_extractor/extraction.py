@@ -151,8 +151,10 @@ def prepare(
     try:
         config = AutoConfig.from_pretrained(location, trust_remote_code=False, revision=spec.revision or None)
     except OSError as error:
+        hint = registry.nearest_keys(request.model)
         raise NotFound(
-            f"model {request.model!r} is not available here: {str(error).splitlines()[0]}"
+            f"model {request.model!r} is not a registry key, a local folder, or a model this server can load "
+            f"({str(error).splitlines()[0]}){hint}"
         ) from None
     revision = revision or str(getattr(config, "_commit_hash", "") or "unknown")
     family = registry.family(config.model_type)
@@ -164,9 +166,16 @@ def prepare(
         if model_maps is not None:
             model_maps[key] = model_map
     sites: dict[str, Site] = {}
+    problems = []
     for name in request.points:
-        site = model_map.resolve(name)
+        try:
+            site = model_map.resolve(name)
+        except InvalidArgument as error:
+            problems.append(str(error))
+            continue
         sites.setdefault(site.name, site)
+    if problems:
+        raise InvalidArgument("; ".join(problems))
     if request.decoder_targets and not any(s.axis == "decoder_tokens" for s in sites.values()):
         raise InvalidArgument("decoder targets were given but no decoder point was asked for")
     warnings = []
@@ -427,7 +436,11 @@ def execute(
             else 1
         )
         per_prompt_bytes += rows * point.width * itemsize
-    windows = plan_windows(per_prompt_bytes, resumed_from, max(1, window_bytes))
+    # Windows are planned from prompt 0 even on resume: the same windows give the same batches, and so
+    # the same bytes as an uninterrupted run (batch composition changes float rounding).
+    windows = [w for w in plan_windows(per_prompt_bytes, 0, max(1, window_bytes)) if w[0] >= resumed_from]
+    if resumed_from and (not windows or windows[0][0] != resumed_from):
+        windows = plan_windows(per_prompt_bytes, resumed_from, max(1, window_bytes))  # settings changed
     batch_plan = [(p0, p1, plan_batches(lengths[p0:p1], prepared.batch_size)) for p0, p1 in windows]
     progress = Progress(
         batches_total=sum(len(b) for _, _, b in batch_plan),

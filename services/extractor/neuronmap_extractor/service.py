@@ -98,7 +98,7 @@ class Extractor:
                 prepared,
                 loaded,
                 self.lake,
-                window_bytes=self.settings.window_mb << 20,
+                window_bytes=int(self.settings.window_mb * (1 << 20)),
                 on_start=on_start,
                 on_progress=on_progress,
                 on_commit=on_commit,
