@@ -36,11 +36,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import fsspec
 import numpy as np
 import zarr
 import zarr.storage
 from zarr.abc.store import Store
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
 
 from neuronmap.errors import FailedPrecondition, InvalidArgument, NotFound
 
@@ -360,6 +361,11 @@ class Lake:
             return zarr.open_group(store=store, mode=mode)  # type: ignore[arg-type]
         except (FileNotFoundError, zarr.errors.GroupNotFoundError):
             return None
+        except PermissionError as error:
+            raise FailedPrecondition(
+                f"the lake at {self.uri} refused access ({error}); check the S3 credentials "
+                "(NEURONMAP_S3_KEY, NEURONMAP_S3_SECRET) and endpoint (NEURONMAP_S3_ENDPOINT)"
+            ) from None
 
     def has_run(self, run_id: str) -> bool:
         try:
@@ -464,8 +470,10 @@ class Lake:
         assert group is not None
         for name, values in arrays.items():
             group.create_array(name, data=np.asarray(values))
-        with fsspec.open(join_uri(uri, "report.json"), "w", **self._fs_options(uri)) as f:
-            json.dump(report, f, indent=2, sort_keys=True)
+        # Through the zarr store, not a second fsspec client: s3fs sessions are tied to one event loop.
+        text = json.dumps(report, indent=2, sort_keys=True).encode()
+        key = f"{group.path}/report.json".lstrip("/")
+        sync(group.store.set(key, default_buffer_prototype().buffer.from_bytes(text)))
         # Written last: marks the analysis complete.
         group.attrs.update({"report": dict(report), "arrays": sorted(arrays)})
         return uri
@@ -478,6 +486,3 @@ class Lake:
         # Named in attrs rather than listed: listing would trip over report.json beside the arrays.
         arrays = {name: np.asarray(group[name][...]) for name in group.attrs["arrays"]}
         return arrays, dict(group.attrs["report"])
-
-    def _fs_options(self, uri: str) -> dict[str, Any]:
-        return {} if is_local(uri) else self.storage_options
