@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 
@@ -12,7 +14,7 @@ def test_windows_cover_every_prompt_once_in_order_within_budget() -> None:
     rows = np.array([5, 1, 7, 3, 3, 9, 2])
     windows = plan_windows(rows, start=0, max_rows=10)
     assert windows[0][0] == 0 and windows[-1][1] == len(rows)
-    assert all(a[1] == b[0] for a, b in zip(windows, windows[1:], strict=False))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(windows))
     for p0, p1 in windows:
         assert rows[p0:p1].sum() <= 10 or p1 - p0 == 1
 

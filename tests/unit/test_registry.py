@@ -97,7 +97,7 @@ def test_wrong_names_get_the_nearest_valid_ones(registry: Registry) -> None:
     with pytest.raises(InvalidArgument, match=r"12 blocks \(blocks\.0 to blocks\.11\)"):
         bert.resolve("blocks.12.resid_post")
     t5 = _map(registry, "t5_small")
-    with pytest.raises(InvalidArgument, match="encoder.blocks.1.resid_post"):
+    with pytest.raises(InvalidArgument, match=r"encoder\.blocks\.1\.resid_post"):
         t5.resolve("blocks.1.resid_post")
 
 
@@ -108,7 +108,7 @@ def test_resolving_folders_hub_ids_and_unknown_names(registry: Registry, tmp_pat
     assert registry.resolve("EleutherAI/pythia-14m").hf_id == "EleutherAI/pythia-14m"
     with pytest.raises(NotFound, match="did you mean gpt2_small"):
         registry.resolve("./gpt2_smal")
-    with pytest.raises(InvalidArgument, match="no config.json"):
+    with pytest.raises(InvalidArgument, match=r"no config\.json"):
         registry.resolve(str(tmp_path.parent))
     with pytest.raises(InvalidArgument):
         registry.resolve("  ")

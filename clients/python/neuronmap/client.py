@@ -15,9 +15,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import grpc
 import numpy as np
@@ -59,7 +59,7 @@ def _call(fn: Callable[..., T], request: Any, timeout: float | None = None) -> T
         raise from_rpc_error(error) from None
 
 
-def _stream(events: Iterable[T]) -> Iterator[T]:
+def _stream(events: Iterable[T]) -> Generator[T, None, None]:
     try:
         yield from events
     except grpc.RpcError as error:
@@ -137,6 +137,12 @@ class Run:
         if self._reader is None:
             self._reader = Lake.open_run_at(self.info.uri, self._client.settings.storage_options())
         return self._reader
+
+    @overload
+    def array(self, point: str, lazy: Literal[False] = False) -> np.ndarray: ...
+
+    @overload
+    def array(self, point: str, lazy: Literal[True]) -> PointArray: ...
 
     def array(self, point: str, lazy: bool = False) -> np.ndarray | PointArray:
         """Activations of a point: `[tokens, d]` (or `[prompts, d]` for reduced runs).
@@ -221,7 +227,7 @@ class Client:
         batch_size: int = 0,
         max_length: int = 0,
         dry_run: bool = False,
-    ) -> Iterator[extractor_pb2.JobEvent]:
+    ) -> Generator[extractor_pb2.JobEvent, None, None]:
         """Starts an extraction and yields its events; the job goes on if the caller stops reading."""
         request = extractor_pb2.ExtractRequest(
             model=model,
