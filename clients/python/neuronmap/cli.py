@@ -31,7 +31,7 @@ from neuronmap.v1 import extractor_pb2
 
 # Off a terminal (pipes, logs) rich would wrap tables at 80 columns; give them room instead.
 _WIDTH = None if sys.stdout.isatty() else 200
-out = Console(highlight=False, soft_wrap=True, width=_WIDTH)
+out = Console(highlight=False, soft_wrap=True, width=_WIDTH, markup=False)  # user data is text
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
