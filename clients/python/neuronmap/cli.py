@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -24,8 +25,9 @@ from rich.table import Table
 from neuronmap import protos
 from neuronmap.client import Client, Run, Statistics
 from neuronmap.errors import InvalidArgument, NeuronMapError
+from neuronmap.export import FORMATS, SUFFIXES, export_run, write_seed_csv
 from neuronmap.points import BLOCK_SITES, layer_range
-from neuronmap.questions import read_questions
+from neuronmap.questions import read_questions, read_targets
 from neuronmap.settings import load_settings
 from neuronmap.v1 import extractor_pb2
 
@@ -269,8 +271,15 @@ def _run_summary(run: Run, last: extractor_pb2.JobEvent | None) -> dict[str, Any
     return summary
 
 
+def _decoder_targets(args: argparse.Namespace, points: Sequence[str]) -> list[str]:
+    """The question file's "target" fields, sent only when a decoder point is asked for."""
+    if not any(p.startswith("decoder.") for p in points):
+        return []
+    return read_targets(args.questions_file)
+
+
 def _extract(
-    args: argparse.Namespace, points: Sequence[str], prompts: Sequence[str]
+    args: argparse.Namespace, points: Sequence[str], prompts: Sequence[str], reduction: str, dtype: str
 ) -> tuple[Run, extractor_pb2.JobEvent | None]:
     with _client(args) as client:
         last: list[extractor_pb2.JobEvent] = []
@@ -284,19 +293,57 @@ def _extract(
                 args.model,
                 prompts,
                 points,
-                reduction=args.reduction,
-                dtype=args.dtype,
+                reduction=reduction,
+                dtype=dtype,
                 batch_size=args.batch_size,
                 max_length=args.max_length,
                 on_event=on_event,
+                decoder_targets=_decoder_targets(args, points),
             )
         return run, (last[0] if last else None)
+
+
+def _dry_run(args: argparse.Namespace, points: Sequence[str], prompts: Sequence[str], reduction: str) -> int:
+    with _client(args) as client:
+        run_id, report = client.dry_run(
+            args.model,
+            prompts,
+            points,
+            reduction=reduction,
+            dtype=args.dtype,
+            max_length=args.max_length,
+            decoder_targets=_decoder_targets(args, points),
+        )
+    summary = {
+        "run_id": run_id,
+        "prompts": report.prompts,
+        "tokens": report.tokens,
+        "truncated_prompts": report.truncated_prompts,
+        "bytes_to_write": report.bytes_to_write,
+        "estimated_seconds": round(report.estimated_seconds, 2),
+        "estimate_basis": report.estimate_basis,
+        "already_in_lake": report.already_in_lake,
+    }
+    if args.json:
+        _print_json(summary)
+        return 0
+    out.print(f"dry run of {run_id} ({len(points)} points): nothing was extracted")
+    out.print(f"  prompts        {report.prompts} ({report.truncated_prompts} would be truncated)")
+    out.print(f"  tokens         {report.tokens:,}")
+    if report.already_in_lake:
+        out.print("  already in the lake: the run would be served from it, nothing computed")
+    else:
+        out.print(f"  bytes to write {report.bytes_to_write / 2**20:,.1f} MiB")
+        out.print(f"  estimated time {report.estimated_seconds:,.1f} s ({report.estimate_basis})")
+    return 0
 
 
 def cmd_multi_extract(args: argparse.Namespace) -> int:
     points = _points_of(args)
     prompts = read_questions(args.questions_file)
-    run, last = _extract(args, points, prompts)
+    if args.dry_run:
+        return _dry_run(args, points, prompts, args.reduction)
+    run, last = _extract(args, points, prompts, args.reduction, args.dtype)
     summary = _run_summary(run, last)
     if args.json:
         _print_json(summary)
@@ -309,6 +356,41 @@ def cmd_multi_extract(args: argparse.Namespace) -> int:
             else f"{summary.get('tokens_per_second', 0):,.0f} tok/s"
         )
         err.print(f"{len(points)} points x {run.info.n_prompts} prompts ({run.info.n_tokens} tokens), {how}")
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    """The original single-layer extract: mean over tokens of one point, written as CSV."""
+    prompts = read_questions(args.questions_file)
+    points = [args.target_layer]
+    if args.dry_run:
+        return _dry_run(args, points, prompts, "mean")
+    run, last = _extract(args, points, prompts, "mean", "float32")
+    write_seed_csv(prompts, run.array(args.target_layer), Path(args.output))
+    summary = _run_summary(run, last) | {"output": args.output}
+    if args.json:
+        _print_json(summary)
+    else:
+        print(args.output)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        run = client.get_run(args.run)
+        output = Path(args.output or f"{run.run_id}{SUFFIXES[args.format]}")
+        export_run(run.reader(), args.format, output, args.points)
+    if args.json:
+        _print_json(
+            {
+                "run_id": run.run_id,
+                "format": args.format,
+                "output": str(output),
+                "bytes": output.stat().st_size,
+            }
+        )
+    else:
+        print(output)
     return 0
 
 
@@ -460,14 +542,18 @@ def _add_common(parser: argparse.ArgumentParser, json_flag: bool = True) -> None
         parser.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
 
 
-def _add_extraction_flags(parser: argparse.ArgumentParser) -> None:
+DRY_RUN_HELP = "print tokens, bytes to write and an estimated time; extract nothing"
+
+
+def _add_extraction_flags(parser: argparse.ArgumentParser, reduction: bool = True) -> None:
     parser.add_argument(
         "--model", default="default", help="registry key, local folder or hub id (default: distilgpt2)"
     )
     parser.add_argument(
         "--questions-file", required=True, help="JSONL with a 'question' field, or one question per line"
     )
-    parser.add_argument("--reduction", choices=["tokens", "mean", "last"], default="tokens")
+    if reduction:
+        parser.add_argument("--reduction", choices=["tokens", "mean", "last"], default="tokens")
     parser.add_argument("--dtype", default="float16", help="storage dtype: float16, bfloat16 or float32")
     parser.add_argument(
         "--batch-size", type=int, default=0, help="prompts per forward pass (default: the model's)"
@@ -524,7 +610,26 @@ def build_parser() -> argparse.ArgumentParser:
     multi.add_argument(
         "--stack", choices=["", "encoder", "decoder"], default="", help="with --layer-range, for T5"
     )
+    multi.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
     multi.set_defaults(handler=cmd_multi_extract)
+
+    extract = commands.add_parser("extract", help="one point, mean over tokens, as the original's CSV")
+    _add_common(extract)
+    _add_extraction_flags(extract, reduction=False)
+    extract.add_argument(
+        "--target-layer", required=True, help="point or module path (transformer.h.5.mlp.c_proj)"
+    )
+    extract.add_argument("--output", default="activations.csv", help="CSV file: question,activation_vector")
+    extract.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
+    extract.set_defaults(handler=cmd_extract)
+
+    export = commands.add_parser("export", help="write a run as CSV, HDF5 or Parquet")
+    _add_common(export)
+    export.add_argument("--run", required=True, help="run id")
+    export.add_argument("--format", choices=FORMATS, required=True)
+    export.add_argument("--output", default="", help="file to write (default <run_id>.<format>)")
+    export.add_argument("--points", nargs="+", help="only these points (default: all)")
+    export.set_defaults(handler=cmd_export)
 
     analyze = commands.add_parser("analyze", help="statistics of one point of a run")
     _add_common(analyze)
@@ -545,7 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs_list.add_argument("--limit", type=int, default=50)
     runs_list.set_defaults(handler=cmd_runs_list)
     runs_show = runs_commands.add_parser("show", help="one run, as JSON")
-    _add_common(runs_show, json_flag=False)
+    _add_common(runs_show)  # --json is accepted for symmetry: the output is always JSON
     runs_show.add_argument("run")
     runs_show.set_defaults(handler=cmd_runs_show)
 

@@ -227,6 +227,7 @@ class Client:
         batch_size: int = 0,
         max_length: int = 0,
         dry_run: bool = False,
+        decoder_targets: Sequence[str] = (),
     ) -> Generator[extractor_pb2.JobEvent, None, None]:
         """Starts an extraction and yields its events; the job goes on if the caller stops reading."""
         request = extractor_pb2.ExtractRequest(
@@ -238,6 +239,7 @@ class Client:
             batch_size=batch_size,
             max_length=max_length,
             dry_run=dry_run,
+            decoder_targets=list(decoder_targets),
         )
         return _stream(self.extractor.Extract(request))
 
@@ -251,10 +253,43 @@ class Client:
         batch_size: int = 0,
         max_length: int = 0,
         on_event: EventCallback | None = None,
+        decoder_targets: Sequence[str] = (),
     ) -> Run:
-        """Extracts and waits: returns the complete run (read back from the lake if it existed)."""
-        events = self.extract_events(model, prompts, points, reduction, dtype, batch_size, max_length)
+        """Extracts and waits: returns the complete run (read back from the lake if it existed).
+
+        decoder_targets: for decoder points of encoder-decoder models, one target text per prompt
+        (teacher forcing); without them the decoder sees its start token only.
+        """
+        events = self.extract_events(
+            model, prompts, points, reduction, dtype, batch_size, max_length, decoder_targets=decoder_targets
+        )
         return self._follow(events, on_event)
+
+    def dry_run(
+        self,
+        model: str,
+        prompts: Sequence[str],
+        points: Sequence[str],
+        reduction: str = "tokens",
+        dtype: str = "float16",
+        max_length: int = 0,
+        decoder_targets: Sequence[str] = (),
+    ) -> tuple[str, extractor_pb2.DryRunReport]:
+        """(run id, report): tokens, bytes to write and an estimated time; nothing runs."""
+        events = self.extract_events(
+            model,
+            prompts,
+            points,
+            reduction,
+            dtype,
+            0,
+            max_length,
+            dry_run=True,
+            decoder_targets=decoder_targets,
+        )
+        event = next(events)
+        events.close()
+        return event.run_id, event.dry_run
 
     def watch(self, job_id: str, on_event: EventCallback | None = None) -> Run:
         """Follows a running job (started by anyone) to its end."""

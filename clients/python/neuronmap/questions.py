@@ -37,3 +37,21 @@ def read_questions(path: str) -> list[str]:
             )
         questions.append(record["question"])
     return questions
+
+
+def read_targets(path: str) -> list[str]:
+    """The "target" field of every line of a JSONL question file (decoder inputs for T5-like models).
+
+    Empty when the file has no targets; InvalidArgument when only some lines have one.
+    """
+    if path == "-" or not Path(path).is_file():
+        return []
+    lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not lines or not lines[0].lstrip().startswith("{"):
+        return []
+    targets = [json.loads(line).get("target") for line in lines]
+    if all(t is None for t in targets):
+        return []
+    if not all(isinstance(t, str) for t in targets):
+        raise InvalidArgument(f'{path}: give a "target" string on every line or on none')
+    return [str(t) for t in targets]

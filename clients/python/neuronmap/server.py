@@ -78,7 +78,9 @@ def serve(
     unknown = set(services) - set(SERVICES)
     if unknown:
         raise FailedPrecondition(f"unknown services {sorted(unknown)}; known: {', '.join(SERVICES)}")
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=channel_options(settings))
+    # gRPC shares ports (SO_REUSEPORT) by default: a second stack on a busy port would split the traffic.
+    options = [*channel_options(settings), ("grpc.so_reuseport", 0)]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise FailedPrecondition(f"cannot listen on {host}:{port} (in use?)")

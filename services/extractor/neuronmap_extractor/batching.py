@@ -34,7 +34,8 @@ class Tokenized:
 
 def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> Tokenized:
     """Tokenises with the model's special tokens; prompts longer than max_length are truncated."""
-    encoded = tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
+    # verbose=False: transformers would warn of "indexing errors" for prompts we truncate just below.
+    encoded = tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
     long = [i for i, ids in enumerate(encoded) if len(ids) > max_length]
     if long:
         # Re-encoded with truncation so the tokenizer keeps its trailing special tokens ([SEP], </s>).

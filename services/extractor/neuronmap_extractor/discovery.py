@@ -214,6 +214,31 @@ class ModelMap:
             return None
         return _child_path(stack.path, name)
 
+    # -- cost ---------------------------------------------------------------------------------------
+    def parameters_run(self, sites: list[Site]) -> int:
+        """Parameters a forward pass multiplies per token before every site has fired.
+
+        Blocks of each stack up to the deepest site (all of them for final_norm or a module outside the
+        blocks); the embedding tables are lookups, and the LM head never runs.
+        """
+        total = 0
+        for stack in self.stacks:
+            blocks = self._modules[stack.blocks_path]
+            deepest = -1
+            for site in sites:
+                if site.stack != stack.name:
+                    continue
+                prefix = stack.blocks_path + "."
+                if site.module_path.startswith(prefix):
+                    index = int(site.module_path[len(prefix) :].split(".")[0])
+                    deepest = max(deepest, index - 1 if site.kind == "input" else index)
+                else:
+                    deepest = stack.n_blocks - 1
+            if stack.name == "encoder" and any(s.stack == "decoder" for s in sites):
+                deepest = stack.n_blocks - 1  # the decoder needs the whole encoder
+            total += sum(p.numel() for block in list(blocks)[: deepest + 1] for p in block.parameters())
+        return total
+
     # -- lookup ---------------------------------------------------------------------------------
     def module_sites(self) -> list[Site]:
         """Every named module as a raw point (output), with its width when its type tells."""

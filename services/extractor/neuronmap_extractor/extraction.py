@@ -25,14 +25,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoConfig, PretrainedConfig
+from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 
 from neuronmap.errors import Cancelled, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from neuronmap.lake import REDUCTIONS, STORAGE_DTYPES, Lake, PointInfo, RunWriter, decode, encode
 from neuronmap.settings import Settings
 from neuronmap_extractor.batching import Tokenized, pad, plan_batches, plan_windows, tokenize
 from neuronmap_extractor.capture import AxisRows, Capture
-from neuronmap_extractor.discovery import ModelMap, Site
+from neuronmap_extractor.discovery import ModelMap, Site, hidden_size
 from neuronmap_extractor.loading import (
     LoadedModel,
     context_length,
@@ -75,6 +75,7 @@ class Prepared:
     batch_size: int
     run_spec: dict[str, Any]
     run_id: str
+    parameters_run: int = 0  # multiplied per token (for time estimates)
     warnings: tuple[str, ...] = ()
 
     @property
@@ -151,10 +152,15 @@ def prepare(
     try:
         config = AutoConfig.from_pretrained(location, trust_remote_code=False, revision=spec.revision or None)
     except OSError as error:
-        hint = registry.nearest_keys(request.model)
+        reason = str(error).splitlines()[0]
+        if spec.in_registry:
+            raise NotFound(
+                f"registry model {spec.key!r} ({spec.hf_id}) has no weights here and could not download them "
+                f"({reason}); download it into the Hugging Face cache on this server first"
+            ) from None
         raise NotFound(
             f"model {request.model!r} is not a registry key, a local folder, or a model this server can load "
-            f"({str(error).splitlines()[0]}){hint}"
+            f"({reason}){registry.nearest_keys(request.model)}"
         ) from None
     revision = revision or str(getattr(config, "_commit_hash", "") or "unknown")
     family = registry.family(config.model_type)
@@ -220,8 +226,37 @@ def prepare(
         batch_size=batch_size,
         run_spec=run_spec,
         run_id="run-" + _sha256_json(hashed)[:24],
+        parameters_run=model_map.parameters_run(list(sites.values())),
         warnings=tuple(warnings),
     )
+
+
+@dataclass(frozen=True)
+class DryRun:
+    """What an extraction would do, found by tokenising only."""
+
+    prompts: int
+    tokens: int
+    bytes_to_write: int
+    estimated_seconds: float
+    truncated: int
+    basis: str
+
+
+def dry_run(
+    prepared: Prepared, tokenizer: PreTrainedTokenizerBase, seconds_per_token_parameter: float, basis: str
+) -> DryRun:
+    """Sizes and a time estimate: tokens x parameters run x a rate (measured, or from a matmul rate)."""
+    tokens = tokenize(tokenizer, prepared.request.prompts, prepared.max_length)
+    n_tokens = int(tokens.lengths.sum())
+    n_prompts = len(prepared.request.prompts)
+    itemsize = STORAGE_ITEMSIZE[prepared.request.dtype]
+    rows = n_tokens if prepared.request.reduction == "tokens" else n_prompts
+    width = hidden_size(prepared.config)
+    activations = sum(rows * (site.width if site.width > 0 else width) * itemsize for site in prepared.sites)
+    token_bytes = 4 * n_tokens + 8 * (n_prompts + 1)
+    seconds = seconds_per_token_parameter * n_tokens * prepared.parameters_run
+    return DryRun(n_prompts, n_tokens, activations + token_bytes, seconds, len(tokens.truncated), basis)
 
 
 def tokenize_decoder(

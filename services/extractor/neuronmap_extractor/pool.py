@@ -51,10 +51,10 @@ class ModelPool:
             self._make_room(0, keep=key)
         return loaded
 
-    def loaded(self) -> list[tuple[str, int]]:
-        """(model key, bytes) of each loaded model, least recently used first."""
+    def models(self) -> list[LoadedModel]:
+        """The loaded models, least recently used first."""
         with self._lock:
-            return [(m.spec.key, m.n_bytes) for m in self._models.values()]
+            return list(self._models.values())
 
     def _make_room(self, incoming: int, keep: tuple[str, str] | None = None) -> None:
         used = sum(m.n_bytes for m in self._models.values())

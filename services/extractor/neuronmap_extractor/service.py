@@ -5,20 +5,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import Iterator
 
 import grpc
+import torch
 import transformers
+from transformers import AutoTokenizer
 
 from neuronmap import protos
 from neuronmap.client import Client
-from neuronmap.errors import InvalidArgument, NeuronMapError
+from neuronmap.errors import NeuronMapError
 from neuronmap.grpc_errors import streaming, unary
 from neuronmap.lake import Lake, RunReader
 from neuronmap.settings import Settings
 from neuronmap.v1 import catalog_pb2, common_pb2, extractor_pb2, extractor_pb2_grpc
 from neuronmap_extractor.discovery import ModelMap, Site, hidden_size, layer_count
-from neuronmap_extractor.extraction import ExtractionRequest, Prepared, Progress, execute, prepare
+from neuronmap_extractor.extraction import ExtractionRequest, Prepared, Progress, dry_run, execute, prepare
 from neuronmap_extractor.jobs import Job, JobQueue, JobView
 from neuronmap_extractor.loading import (
     availability,
@@ -27,6 +30,7 @@ from neuronmap_extractor.loading import (
     load_config,
     meta_model,
     model_kind,
+    resolve_device,
 )
 from neuronmap_extractor.pool import ModelPool
 from neuronmap_extractor.registry import ModelSpec, Registry
@@ -45,6 +49,9 @@ class Extractor:
         self.pool = ModelPool(self.registry, settings)
         self.client = Client(settings)
         self.model_maps: dict[tuple[str, str], ModelMap] = {}
+        # Seconds per (token x parameter run), measured by finished jobs, per (location, revision).
+        self.rates: dict[tuple[str, str], float] = {}
+        self._matmul_rate: float | None = None
         self.queue = JobQueue(self._run)
 
     def close(self) -> None:
@@ -60,9 +67,53 @@ class Extractor:
             run = self.lake.open_run(prepared.run_id)
             if run.status == "complete":
                 self._register(run, prepared, truncated=int(run.provenance.get("truncated_prompts", 0)))
-                return _complete_view(prepared, run, cached=True), True
+                return _cached_view(prepared, run), True
         job, _ = self.queue.submit(prepared, prepared.warnings)
         return job.view, False
+
+    def dry_run(self, request: ExtractionRequest) -> tuple[str, extractor_pb2.DryRunReport]:
+        """Sizes and an estimated time, by tokenising only; nothing is loaded onto the device."""
+        prepared = prepare(request, self.registry, self.settings, self.model_maps)
+        tokenizer = AutoTokenizer.from_pretrained(prepared.location, revision=prepared.spec.revision or None)
+        key = (prepared.location, prepared.revision)
+        if key in self.rates:
+            rate, basis = self.rates[key], "the rate this server measured on its last run of this model"
+        else:
+            rate = self._seconds_per_token_parameter()
+            basis = (
+                f"2 FLOPs per parameter per token at {2 / rate / 1e9:.0f} GFLOP/s "
+                f"(half the matmul rate measured on {resolve_device(self.settings.device)})"
+            )
+        estimate = dry_run(prepared, tokenizer, rate, basis)
+        run_exists = (
+            self.lake.has_run(prepared.run_id) and self.lake.open_run(prepared.run_id).status == "complete"
+        )
+        return prepared.run_id, extractor_pb2.DryRunReport(
+            prompts=estimate.prompts,
+            tokens=estimate.tokens,
+            bytes_to_write=0 if run_exists else estimate.bytes_to_write,
+            estimated_seconds=0.0 if run_exists else estimate.estimated_seconds,
+            truncated_prompts=estimate.truncated,
+            estimate_basis=estimate.basis,
+            already_in_lake=run_exists,
+        )
+
+    def _seconds_per_token_parameter(self) -> float:
+        """From a short matmul benchmark on the device (once per process): 2 FLOPs per parameter."""
+        if self._matmul_rate is None:
+            device = resolve_device(self.settings.device)
+            a = torch.randn(512, 512, device=device)
+            torch.mm(a, a)
+            start, n = time.perf_counter(), 0
+            while time.perf_counter() - start < 0.2:
+                torch.mm(a, a)
+                n += 1
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            flops_per_second = 2 * 512**3 * n / (time.perf_counter() - start)
+            # A forward pass runs at roughly half the peak matmul rate (attention, norms, memory traffic).
+            self._matmul_rate = 2 / (0.5 * flops_per_second)
+        return self._matmul_rate
 
     def _run(self, job: Job) -> None:
         prepared = job.prepared
@@ -75,9 +126,7 @@ class Extractor:
             registered.append(True)
             warnings = list(job.view.warnings)
             if truncated:
-                warnings.append(
-                    f"{truncated} prompt(s) were longer than {prepared.max_length} tokens and were truncated"
-                )
+                warnings.append(truncation_warning(truncated, prepared.max_length))
             job.update(
                 state="running",
                 message=f"resumed at prompt {resumed_from}" if resumed_from else "extracting",
@@ -116,6 +165,10 @@ class Extractor:
                 )
             raise
         self._update_catalog(prepared.run_id, status="complete", committed=len(prepared.request.prompts))
+        compute_seconds = outcome.progress.tokens_done / max(outcome.progress.tokens_per_second, 1e-9)
+        if outcome.progress.tokens_done and prepared.parameters_run:
+            rate = compute_seconds / (outcome.progress.tokens_done * prepared.parameters_run)
+            self.rates[(prepared.location, prepared.revision)] = rate
         job.update(
             state="complete",
             message=f"{outcome.progress.tokens_done} tokens in {outcome.progress.elapsed_seconds:.1f} s",
@@ -216,8 +269,19 @@ def _shape(site: Site) -> common_pb2.PointShape:
     )
 
 
-def _complete_view(prepared: Prepared, run: RunReader, cached: bool) -> JobView:
+def truncation_warning(truncated: int, max_length: int) -> str:
+    return f"{truncated} prompt(s) were longer than {max_length} tokens and were truncated"
+
+
+def _cached_view(prepared: Prepared, run: RunReader) -> JobView:
+    """The one event of a request the lake already holds complete."""
     n_tokens = run.layout.n_tokens
+    truncated = int(run.provenance.get("truncated_prompts", 0))
+    warnings = (
+        (*prepared.warnings, truncation_warning(truncated, prepared.max_length))
+        if truncated
+        else prepared.warnings
+    )
     return JobView(
         job_id=prepared.run_id,
         run_id=prepared.run_id,
@@ -230,13 +294,13 @@ def _complete_view(prepared: Prepared, run: RunReader, cached: bool) -> JobView:
         ),
         points=tuple(run.layout.points),
         message="served from the lake: this run was extracted before",
-        warnings=prepared.warnings,
-        cached=cached,
+        warnings=warnings,
+        cached=True,
         uri=run.uri,
     )
 
 
-def event_of(view: JobView, layout_rows: dict[str, int] | None = None) -> extractor_pb2.JobEvent:
+def event_of(view: JobView) -> extractor_pb2.JobEvent:
     p = view.progress
     return extractor_pb2.JobEvent(
         job_id=view.job_id,
@@ -296,7 +360,13 @@ class ExtractorServicer(extractor_pb2_grpc.ExtractorServicer):  # type: ignore[m
             self.core.model_info(spec, request.test_availability)
             for spec in self.core.registry.models.values()
         ]
-        return extractor_pb2.ListModelsResponse(models=models)
+        loaded = [
+            extractor_pb2.LoadedModel(
+                model=m.spec.key, model_id=m.model_id, bytes=m.n_bytes, device=str(m.device)
+            )
+            for m in self.core.pool.models()
+        ]
+        return extractor_pb2.ListModelsResponse(models=models, loaded=loaded)
 
     @unary
     def DescribeModel(
@@ -309,7 +379,11 @@ class ExtractorServicer(extractor_pb2_grpc.ExtractorServicer):  # type: ignore[m
         self, request: extractor_pb2.ExtractRequest, context: grpc.ServicerContext
     ) -> Iterator[extractor_pb2.JobEvent]:
         if request.dry_run:
-            raise InvalidArgument("dry runs arrive with the extractor's next release")
+            run_id, report = self.core.dry_run(request_of(request))
+            yield extractor_pb2.JobEvent(
+                run_id=run_id, message="dry run: nothing was extracted", dry_run=report
+            )
+            return
         view, cached = self.core.start(request_of(request))
         if cached:
             yield event_of(view)

@@ -25,41 +25,43 @@ _sym_db = _symbol_database.Default()
 from neuronmap.v1 import common_pb2 as neuronmap_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cneuronmap/v1/extractor.proto\x12\x0cneuronmap.v1\x1a\x19neuronmap/v1/common.proto\".\n\x11ListModelsRequest\x12\x19\n\x11test_availability\x18\x01 \x01(\x08\"\xe4\x01\n\tModelInfo\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05hf_id\x18\x02 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x03 \x01(\t\x12\x10\n\x08n_blocks\x18\x04 \x01(\x05\x12\x0f\n\x07\x64_model\x18\x05 \x01(\x05\x12\x0c\n\x04kind\x18\x06 \x01(\t\x12\x0e\n\x06source\x18\x07 \x01(\t\x12\x11\n\tavailable\x18\x08 \x01(\x08\x12\x19\n\x11\x61vailability_note\x18\t \x01(\t\x12\x1a\n\x12\x64\x65\x66\x61ult_batch_size\x18\n \x01(\x05\x12\x12\n\nmax_length\x18\x0b \x01(\x05\x12\x0c\n\x04note\x18\x0c \x01(\t\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.neuronmap.v1.ModelInfo\">\n\x14\x44\x65scribeModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x17\n\x0finclude_modules\x18\x02 \x01(\x08\"\x9e\x01\n\x10ModelDescription\x12%\n\x04info\x18\x01 \x01(\x0b\x32\x17.neuronmap.v1.ModelInfo\x12(\n\x06points\x18\x02 \x03(\x0b\x32\x18.neuronmap.v1.PointShape\x12)\n\x07modules\x18\x03 \x03(\x0b\x32\x18.neuronmap.v1.PointShape\x12\x0e\n\x06source\x18\x04 \x01(\t\"\xe9\x01\n\x0e\x45xtractRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07prompts\x18\x02 \x03(\t\x12\x0e\n\x06points\x18\x03 \x03(\t\x12*\n\treduction\x18\x04 \x01(\x0e\x32\x17.neuronmap.v1.Reduction\x12)\n\x05\x64type\x18\x05 \x01(\x0e\x32\x1a.neuronmap.v1.StorageDtype\x12\x12\n\nbatch_size\x18\x06 \x01(\x05\x12\x12\n\nmax_length\x18\x07 \x01(\x05\x12\x0f\n\x07\x64ry_run\x18\x08 \x01(\x08\x12\x17\n\x0f\x64\x65\x63oder_targets\x18\t \x03(\t\"\xd8\x01\n\x08Progress\x12\x14\n\x0c\x62\x61tches_done\x18\x01 \x01(\x03\x12\x15\n\rbatches_total\x18\x02 \x01(\x03\x12\x14\n\x0cprompts_done\x18\x03 \x01(\x03\x12\x15\n\rprompts_total\x18\x04 \x01(\x03\x12\x13\n\x0btokens_done\x18\x05 \x01(\x03\x12\x14\n\x0ctokens_total\x18\x06 \x01(\x03\x12\x19\n\x11tokens_per_second\x18\x07 \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x08 \x01(\x01\x12\x17\n\x0f\x65lapsed_seconds\x18\t \x01(\x01\"}\n\x0c\x44ryRunReport\x12\x0f\n\x07prompts\x18\x01 \x01(\x03\x12\x0e\n\x06tokens\x18\x02 \x01(\x03\x12\x16\n\x0e\x62ytes_to_write\x18\x03 \x01(\x03\x12\x19\n\x11\x65stimated_seconds\x18\x04 \x01(\x01\x12\x19\n\x11truncated_prompts\x18\x05 \x01(\x03\"\xb7\x02\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.neuronmap.v1.JobState\x12(\n\x08progress\x18\x04 \x01(\x0b\x32\x16.neuronmap.v1.Progress\x12(\n\x06points\x18\x05 \x03(\x0b\x32\x18.neuronmap.v1.PointShape\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x10\n\x08warnings\x18\x07 \x03(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x08 \x01(\x08\x12\x0b\n\x03uri\x18\t \x01(\t\x12\x12\n\nerror_code\x18\n \x01(\t\x12+\n\x07\x64ry_run\x18\x0b \x01(\x0b\x32\x1a.neuronmap.v1.DryRunReport\x12\x0f\n\x07resumed\x18\x0c \x01(\x08\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x11\n\x0fListJobsRequest\"8\n\x10ListJobsResponse\x12$\n\x04jobs\x18\x01 \x03(\x0b\x32\x16.neuronmap.v1.JobEvent*\xb0\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_LOADING\x10\x02\x12\x15\n\x11JOB_STATE_RUNNING\x10\x03\x12\x16\n\x12JOB_STATE_COMPLETE\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06\x32\xc9\x03\n\tExtractor\x12O\n\nListModels\x12\x1f.neuronmap.v1.ListModelsRequest\x1a .neuronmap.v1.ListModelsResponse\x12S\n\rDescribeModel\x12\".neuronmap.v1.DescribeModelRequest\x1a\x1e.neuronmap.v1.ModelDescription\x12\x41\n\x07\x45xtract\x12\x1c.neuronmap.v1.ExtractRequest\x1a\x16.neuronmap.v1.JobEvent0\x01\x12\x43\n\x08WatchJob\x12\x1d.neuronmap.v1.WatchJobRequest\x1a\x16.neuronmap.v1.JobEvent0\x01\x12\x43\n\tCancelJob\x12\x1e.neuronmap.v1.CancelJobRequest\x1a\x16.neuronmap.v1.JobEvent\x12I\n\x08ListJobs\x12\x1d.neuronmap.v1.ListJobsRequest\x1a\x1e.neuronmap.v1.ListJobsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cneuronmap/v1/extractor.proto\x12\x0cneuronmap.v1\x1a\x19neuronmap/v1/common.proto\".\n\x11ListModelsRequest\x12\x19\n\x11test_availability\x18\x01 \x01(\x08\"\xe4\x01\n\tModelInfo\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05hf_id\x18\x02 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x03 \x01(\t\x12\x10\n\x08n_blocks\x18\x04 \x01(\x05\x12\x0f\n\x07\x64_model\x18\x05 \x01(\x05\x12\x0c\n\x04kind\x18\x06 \x01(\t\x12\x0e\n\x06source\x18\x07 \x01(\t\x12\x11\n\tavailable\x18\x08 \x01(\x08\x12\x19\n\x11\x61vailability_note\x18\t \x01(\t\x12\x1a\n\x12\x64\x65\x66\x61ult_batch_size\x18\n \x01(\x05\x12\x12\n\nmax_length\x18\x0b \x01(\x05\x12\x0c\n\x04note\x18\x0c \x01(\t\"h\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.neuronmap.v1.ModelInfo\x12)\n\x06loaded\x18\x02 \x03(\x0b\x32\x19.neuronmap.v1.LoadedModel\"M\n\x0bLoadedModel\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\r\n\x05\x62ytes\x18\x03 \x01(\x03\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\">\n\x14\x44\x65scribeModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x17\n\x0finclude_modules\x18\x02 \x01(\x08\"\x9e\x01\n\x10ModelDescription\x12%\n\x04info\x18\x01 \x01(\x0b\x32\x17.neuronmap.v1.ModelInfo\x12(\n\x06points\x18\x02 \x03(\x0b\x32\x18.neuronmap.v1.PointShape\x12)\n\x07modules\x18\x03 \x03(\x0b\x32\x18.neuronmap.v1.PointShape\x12\x0e\n\x06source\x18\x04 \x01(\t\"\xe9\x01\n\x0e\x45xtractRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07prompts\x18\x02 \x03(\t\x12\x0e\n\x06points\x18\x03 \x03(\t\x12*\n\treduction\x18\x04 \x01(\x0e\x32\x17.neuronmap.v1.Reduction\x12)\n\x05\x64type\x18\x05 \x01(\x0e\x32\x1a.neuronmap.v1.StorageDtype\x12\x12\n\nbatch_size\x18\x06 \x01(\x05\x12\x12\n\nmax_length\x18\x07 \x01(\x05\x12\x0f\n\x07\x64ry_run\x18\x08 \x01(\x08\x12\x17\n\x0f\x64\x65\x63oder_targets\x18\t \x03(\t\"\xd8\x01\n\x08Progress\x12\x14\n\x0c\x62\x61tches_done\x18\x01 \x01(\x03\x12\x15\n\rbatches_total\x18\x02 \x01(\x03\x12\x14\n\x0cprompts_done\x18\x03 \x01(\x03\x12\x15\n\rprompts_total\x18\x04 \x01(\x03\x12\x13\n\x0btokens_done\x18\x05 \x01(\x03\x12\x14\n\x0ctokens_total\x18\x06 \x01(\x03\x12\x19\n\x11tokens_per_second\x18\x07 \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x08 \x01(\x01\x12\x17\n\x0f\x65lapsed_seconds\x18\t \x01(\x01\"\xae\x01\n\x0c\x44ryRunReport\x12\x0f\n\x07prompts\x18\x01 \x01(\x03\x12\x0e\n\x06tokens\x18\x02 \x01(\x03\x12\x16\n\x0e\x62ytes_to_write\x18\x03 \x01(\x03\x12\x19\n\x11\x65stimated_seconds\x18\x04 \x01(\x01\x12\x19\n\x11truncated_prompts\x18\x05 \x01(\x03\x12\x16\n\x0e\x65stimate_basis\x18\x06 \x01(\t\x12\x17\n\x0f\x61lready_in_lake\x18\x07 \x01(\x08\"\xb7\x02\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.neuronmap.v1.JobState\x12(\n\x08progress\x18\x04 \x01(\x0b\x32\x16.neuronmap.v1.Progress\x12(\n\x06points\x18\x05 \x03(\x0b\x32\x18.neuronmap.v1.PointShape\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x10\n\x08warnings\x18\x07 \x03(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x08 \x01(\x08\x12\x0b\n\x03uri\x18\t \x01(\t\x12\x12\n\nerror_code\x18\n \x01(\t\x12+\n\x07\x64ry_run\x18\x0b \x01(\x0b\x32\x1a.neuronmap.v1.DryRunReport\x12\x0f\n\x07resumed\x18\x0c \x01(\x08\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x11\n\x0fListJobsRequest\"8\n\x10ListJobsResponse\x12$\n\x04jobs\x18\x01 \x03(\x0b\x32\x16.neuronmap.v1.JobEvent*\xb0\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_LOADING\x10\x02\x12\x15\n\x11JOB_STATE_RUNNING\x10\x03\x12\x16\n\x12JOB_STATE_COMPLETE\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06\x32\xc9\x03\n\tExtractor\x12O\n\nListModels\x12\x1f.neuronmap.v1.ListModelsRequest\x1a .neuronmap.v1.ListModelsResponse\x12S\n\rDescribeModel\x12\".neuronmap.v1.DescribeModelRequest\x1a\x1e.neuronmap.v1.ModelDescription\x12\x41\n\x07\x45xtract\x12\x1c.neuronmap.v1.ExtractRequest\x1a\x16.neuronmap.v1.JobEvent0\x01\x12\x43\n\x08WatchJob\x12\x1d.neuronmap.v1.WatchJobRequest\x1a\x16.neuronmap.v1.JobEvent0\x01\x12\x43\n\tCancelJob\x12\x1e.neuronmap.v1.CancelJobRequest\x1a\x16.neuronmap.v1.JobEvent\x12I\n\x08ListJobs\x12\x1d.neuronmap.v1.ListJobsRequest\x1a\x1e.neuronmap.v1.ListJobsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'neuronmap.v1.extractor_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATE']._serialized_start=1685
-  _globals['_JOBSTATE']._serialized_end=1861
+  _globals['_JOBSTATE']._serialized_start=1857
+  _globals['_JOBSTATE']._serialized_end=2033
   _globals['_LISTMODELSREQUEST']._serialized_start=73
   _globals['_LISTMODELSREQUEST']._serialized_end=119
   _globals['_MODELINFO']._serialized_start=122
   _globals['_MODELINFO']._serialized_end=350
   _globals['_LISTMODELSRESPONSE']._serialized_start=352
-  _globals['_LISTMODELSRESPONSE']._serialized_end=413
-  _globals['_DESCRIBEMODELREQUEST']._serialized_start=415
-  _globals['_DESCRIBEMODELREQUEST']._serialized_end=477
-  _globals['_MODELDESCRIPTION']._serialized_start=480
-  _globals['_MODELDESCRIPTION']._serialized_end=638
-  _globals['_EXTRACTREQUEST']._serialized_start=641
-  _globals['_EXTRACTREQUEST']._serialized_end=874
-  _globals['_PROGRESS']._serialized_start=877
-  _globals['_PROGRESS']._serialized_end=1093
-  _globals['_DRYRUNREPORT']._serialized_start=1095
-  _globals['_DRYRUNREPORT']._serialized_end=1220
-  _globals['_JOBEVENT']._serialized_start=1223
-  _globals['_JOBEVENT']._serialized_end=1534
-  _globals['_WATCHJOBREQUEST']._serialized_start=1536
-  _globals['_WATCHJOBREQUEST']._serialized_end=1569
-  _globals['_CANCELJOBREQUEST']._serialized_start=1571
-  _globals['_CANCELJOBREQUEST']._serialized_end=1605
-  _globals['_LISTJOBSREQUEST']._serialized_start=1607
-  _globals['_LISTJOBSREQUEST']._serialized_end=1624
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1626
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1682
-  _globals['_EXTRACTOR']._serialized_start=1864
-  _globals['_EXTRACTOR']._serialized_end=2321
+  _globals['_LISTMODELSRESPONSE']._serialized_end=456
+  _globals['_LOADEDMODEL']._serialized_start=458
+  _globals['_LOADEDMODEL']._serialized_end=535
+  _globals['_DESCRIBEMODELREQUEST']._serialized_start=537
+  _globals['_DESCRIBEMODELREQUEST']._serialized_end=599
+  _globals['_MODELDESCRIPTION']._serialized_start=602
+  _globals['_MODELDESCRIPTION']._serialized_end=760
+  _globals['_EXTRACTREQUEST']._serialized_start=763
+  _globals['_EXTRACTREQUEST']._serialized_end=996
+  _globals['_PROGRESS']._serialized_start=999
+  _globals['_PROGRESS']._serialized_end=1215
+  _globals['_DRYRUNREPORT']._serialized_start=1218
+  _globals['_DRYRUNREPORT']._serialized_end=1392
+  _globals['_JOBEVENT']._serialized_start=1395
+  _globals['_JOBEVENT']._serialized_end=1706
+  _globals['_WATCHJOBREQUEST']._serialized_start=1708
+  _globals['_WATCHJOBREQUEST']._serialized_end=1741
+  _globals['_CANCELJOBREQUEST']._serialized_start=1743
+  _globals['_CANCELJOBREQUEST']._serialized_end=1777
+  _globals['_LISTJOBSREQUEST']._serialized_start=1779
+  _globals['_LISTJOBSREQUEST']._serialized_end=1796
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1798
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1854
+  _globals['_EXTRACTOR']._serialized_start=2036
+  _globals['_EXTRACTOR']._serialized_end=2493
 # @@protoc_insertion_point(module_scope)

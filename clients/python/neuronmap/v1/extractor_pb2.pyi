@@ -60,10 +60,24 @@ class ModelInfo(_message.Message):
     def __init__(self, key: _Optional[str] = ..., hf_id: _Optional[str] = ..., family: _Optional[str] = ..., n_blocks: _Optional[int] = ..., d_model: _Optional[int] = ..., kind: _Optional[str] = ..., source: _Optional[str] = ..., available: _Optional[bool] = ..., availability_note: _Optional[str] = ..., default_batch_size: _Optional[int] = ..., max_length: _Optional[int] = ..., note: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
-    __slots__ = ("models",)
+    __slots__ = ("models", "loaded")
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    LOADED_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
-    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+    loaded: _containers.RepeatedCompositeFieldContainer[LoadedModel]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., loaded: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ...) -> None: ...
+
+class LoadedModel(_message.Message):
+    __slots__ = ("model", "model_id", "bytes", "device")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    model_id: str
+    bytes: int
+    device: str
+    def __init__(self, model: _Optional[str] = ..., model_id: _Optional[str] = ..., bytes: _Optional[int] = ..., device: _Optional[str] = ...) -> None: ...
 
 class DescribeModelRequest(_message.Message):
     __slots__ = ("model", "include_modules")
@@ -130,18 +144,22 @@ class Progress(_message.Message):
     def __init__(self, batches_done: _Optional[int] = ..., batches_total: _Optional[int] = ..., prompts_done: _Optional[int] = ..., prompts_total: _Optional[int] = ..., tokens_done: _Optional[int] = ..., tokens_total: _Optional[int] = ..., tokens_per_second: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ...) -> None: ...
 
 class DryRunReport(_message.Message):
-    __slots__ = ("prompts", "tokens", "bytes_to_write", "estimated_seconds", "truncated_prompts")
+    __slots__ = ("prompts", "tokens", "bytes_to_write", "estimated_seconds", "truncated_prompts", "estimate_basis", "already_in_lake")
     PROMPTS_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     BYTES_TO_WRITE_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_SECONDS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATE_BASIS_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_IN_LAKE_FIELD_NUMBER: _ClassVar[int]
     prompts: int
     tokens: int
     bytes_to_write: int
     estimated_seconds: float
     truncated_prompts: int
-    def __init__(self, prompts: _Optional[int] = ..., tokens: _Optional[int] = ..., bytes_to_write: _Optional[int] = ..., estimated_seconds: _Optional[float] = ..., truncated_prompts: _Optional[int] = ...) -> None: ...
+    estimate_basis: str
+    already_in_lake: bool
+    def __init__(self, prompts: _Optional[int] = ..., tokens: _Optional[int] = ..., bytes_to_write: _Optional[int] = ..., estimated_seconds: _Optional[float] = ..., truncated_prompts: _Optional[int] = ..., estimate_basis: _Optional[str] = ..., already_in_lake: _Optional[bool] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("job_id", "run_id", "state", "progress", "points", "message", "warnings", "cached", "uri", "error_code", "dry_run", "resumed")
