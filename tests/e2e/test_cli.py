@@ -160,7 +160,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         ready = running("status", "--wait", "60", timeout=90)
         assert ready.code == 0, ready.explain() + "\nup:\n" + running.log()
-        assert ready.stdout.split() == ["catalog", "SERVING", "extractor", "SERVING", "analyzer", "SERVING"]
+        target = f"127.0.0.1:{port}"
+        assert ready.stdout.split() == [
+            *("catalog", "SERVING", target),
+            *("extractor", "SERVING", target),
+            *("analyzer", "SERVING", target),
+        ]
         yield running
     finally:
         if process.poll() is None:
@@ -521,7 +526,7 @@ def test_user_text_is_printed_verbatim(stack: Stack, gpt2: Path, tmp_path: Path)
 def test_server_still_answers_after_the_errors(stack: Stack) -> None:
     status = stack("status", "--json")
     assert status.code == 0, status.explain()
-    assert set(json.loads(status.stdout)["services"].values()) == {"SERVING"}
+    assert {s["status"] for s in json.loads(status.stdout)["services"].values()} == {"SERVING"}
     assert stack("discover", "--json").code == 0
 
 
@@ -592,4 +597,4 @@ def test_status_of_nothing_is_unavailable(tmp_path: Path) -> None:
     assert result.code == 1, result.explain()
     services = json.loads(result.stdout)["services"]
     assert set(services) == {"catalog", "extractor", "analyzer"}
-    assert all(s.startswith("UNAVAILABLE") for s in services.values()), services
+    assert all(s["status"] == "UNAVAILABLE" and s["target"] == target for s in services.values()), services

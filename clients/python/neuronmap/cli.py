@@ -12,7 +12,6 @@ import math
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from rich.table import Table
 
 from neuronmap import protos
 from neuronmap.client import Client, Run, Statistics
-from neuronmap.errors import InvalidArgument, NeuronMapError
+from neuronmap.errors import InvalidArgument, NeuronMapError, Unavailable
 from neuronmap.export import FORMATS, SUFFIXES, export_run, write_seed_csv
 from neuronmap.points import BLOCK_SITES, layer_range
 from neuronmap.questions import read_questions, read_targets
@@ -71,33 +70,19 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    from neuronmap.server import SERVICE_NAMES
-
-    settings = load_settings(target=args.target or None)
-    deadline = time.monotonic() + args.wait
-    statuses: dict[str, str] = {}
-    while True:
-        statuses = {}
-        for name, full in SERVICE_NAMES.items():
-            target = settings.for_service(name)
-            with grpc.insecure_channel(target) as channel:
-                stub = health_pb2_grpc.HealthStub(channel)
-                try:
-                    reply = stub.Check(health_pb2.HealthCheckRequest(service=full), timeout=2)
-                    statuses[name] = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-                except grpc.RpcError as error:
-                    statuses[name] = f"{error.code().name} ({target})"
-        if all(s == "SERVING" for s in statuses.values()) or time.monotonic() >= deadline:
-            break
-        time.sleep(0.5)
+    with _client(args) as client:
+        try:
+            statuses = client.wait_ready(timeout=args.wait) if args.wait else client.health()
+        except Unavailable:
+            statuses = client.health()
+        targets = {name: client.settings.for_service(name) for name in statuses}
     if args.json:
-        _print_json({"target": settings.target, "services": statuses})
+        _print_json(
+            {"services": {name: {"status": s, "target": targets[name]} for name, s in statuses.items()}}
+        )
     else:
         for name, status in statuses.items():
-            out.print(f"{name:10s} {status}")
+            out.print(f"{name:10s} {status:12s} {targets[name]}")
     return 0 if all(s == "SERVING" for s in statuses.values()) else 1
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, overload
@@ -22,9 +23,10 @@ from typing import Any, Literal, TypeVar, overload
 import grpc
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from neuronmap import protos
-from neuronmap.errors import NeuronMapError
+from neuronmap.errors import NeuronMapError, Unavailable
 from neuronmap.grpc_errors import from_rpc_error
 from neuronmap.lake import Lake, PointArray, RunReader
 from neuronmap.settings import Settings, load_settings
@@ -39,6 +41,11 @@ from neuronmap.v1 import (
 )
 
 T = TypeVar("T")
+SERVICE_NAMES = {
+    "catalog": catalog_pb2.DESCRIPTOR.services_by_name["Catalog"].full_name,
+    "extractor": extractor_pb2.DESCRIPTOR.services_by_name["Extractor"].full_name,
+    "analyzer": analyzer_pb2.DESCRIPTOR.services_by_name["Analyzer"].full_name,
+}
 EventCallback = Callable[[extractor_pb2.JobEvent], None]
 TERMINAL_JOB_STATES = (
     extractor_pb2.JOB_STATE_COMPLETE,
@@ -199,13 +206,29 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        """Blocks until every service's channel is connected; Unavailable after `timeout` seconds."""
-        for service in ("catalog", "extractor", "analyzer"):
+    def health(self, timeout: float = 2.0) -> dict[str, str]:
+        """Each service's health (SERVING, NOT_SERVING...), or the gRPC code that answered instead."""
+        statuses = {}
+        for service, full_name in SERVICE_NAMES.items():
+            stub = health_pb2_grpc.HealthStub(self._channel(service))
             try:
-                grpc.channel_ready_future(self._channel(service)).result(timeout=timeout)
-            except grpc.FutureTimeoutError:
-                raise from_rpc_error(_Timeout(self.settings.for_service(service))) from None
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=full_name), timeout=timeout)
+                statuses[service] = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.RpcError as error:
+                statuses[service] = error.code().name
+        return statuses
+
+    def wait_ready(self, timeout: float = 30.0) -> dict[str, str]:
+        """Blocks until every service is SERVING; Unavailable after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            statuses = self.health(timeout=max(0.1, min(2.0, deadline - time.monotonic())))
+            if all(status == "SERVING" for status in statuses.values()):
+                return statuses
+            if time.monotonic() >= deadline:
+                where = ", ".join(f"{s} at {self.settings.for_service(s)}: {statuses[s]}" for s in statuses)
+                raise Unavailable(f"not ready after {timeout:.0f} s ({where})")
+            time.sleep(0.2)
 
     # -- extractor ------------------------------------------------------------------------------
     def models(self, test_availability: bool = False) -> list[extractor_pb2.ModelInfo]:
@@ -358,17 +381,6 @@ class Client:
             run_id=run_id, point=point, sparsity_threshold=sparsity_threshold, recompute=recompute
         )
         return Statistics.from_proto(_call(self.analyzer.Statistics, request))
-
-
-class _Timeout(grpc.RpcError):  # type: ignore[misc]
-    def __init__(self, target: str) -> None:
-        self._target = target
-
-    def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.UNAVAILABLE
-
-    def details(self) -> str:
-        return f"nothing answered at {self._target}"
 
 
 def connect(target: str | None = None, settings: Settings | None = None) -> Client:

@@ -18,10 +18,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from neuronmap.client import channel_options
+from neuronmap.client import SERVICE_NAMES, channel_options
 from neuronmap.errors import FailedPrecondition
 from neuronmap.settings import Settings
-from neuronmap.v1 import analyzer_pb2, catalog_pb2, extractor_pb2
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +29,6 @@ _PACKAGES = {
     "catalog": ("neuronmap_catalog.service", "neuronmap[catalog]"),
     "extractor": ("neuronmap_extractor.service", "neuronmap[extractor]"),
     "analyzer": ("neuronmap_analyzer.service", "neuronmap[analyzer]"),
-}
-SERVICE_NAMES = {
-    "catalog": catalog_pb2.DESCRIPTOR.services_by_name["Catalog"].full_name,
-    "extractor": extractor_pb2.DESCRIPTOR.services_by_name["Extractor"].full_name,
-    "analyzer": analyzer_pb2.DESCRIPTOR.services_by_name["Analyzer"].full_name,
 }
 
 
