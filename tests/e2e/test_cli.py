@@ -9,7 +9,9 @@ back with the Python client and checked against the model's own hidden states fr
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import csv
 import json
 import os
 import re
@@ -598,3 +600,48 @@ def test_status_of_nothing_is_unavailable(tmp_path: Path) -> None:
     services = json.loads(result.stdout)["services"]
     assert set(services) == {"catalog", "extractor", "analyzer"}
     assert all(s["status"] == "UNAVAILABLE" and s["target"] == target for s in services.values()), services
+
+
+def test_seed_compatible_extract_writes_the_original_csv(
+    stack: Stack, gpt2: Path, hf_model: Any, tokenizer: Any, tmp_path: Path
+) -> None:
+    """`neuronmap extract --target-layer` as the original: question,activation_vector (mean over tokens)."""
+    questions = write_jsonl(tmp_path / "q.jsonl", QUESTIONS[:3])
+    out = tmp_path / "out.csv"
+    args = ("extract", "--model", gpt2, "--target-layer", "transformer.h.1.mlp.c_proj")
+    result = stack(*args, "--questions-file", questions, "--output", out)
+    assert result.code == 0 and result.stdout.strip() == str(out), result.explain()
+    rows = list(csv.reader(out.open(encoding="utf-8")))
+    assert rows[0] == ["question", "activation_vector"]
+    assert [r[0] for r in rows[1:]] == QUESTIONS[:3]
+    module = dict(hf_model.named_modules())["transformer.h.1.mlp.c_proj"]
+    with module_outputs({"c_proj": module}) as captured:
+        for row, question in zip(rows[1:], QUESTIONS[:3], strict=True):
+            ids = np.asarray(tokenizer(question)["input_ids"], dtype=np.int32)
+            hidden_states(hf_model, ids)
+            expected = captured["c_proj"].mean(axis=0)
+            np.testing.assert_allclose(ast.literal_eval(row[1]), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_export_writes_each_format(stack: Stack, token_run: dict[str, Any], tmp_path: Path) -> None:
+    run_id = token_run["run_id"]
+    for fmt, suffix in (("csv", ".csv"), ("hdf5", ".h5"), ("parquet", ".parquet")):
+        out = tmp_path / f"run{suffix}"
+        summary = stack("export", "--run", run_id, "--format", fmt, "--output", out, "--json").json()
+        assert summary["output"] == str(out) and out.stat().st_size == summary["bytes"] > 0
+    rows = list(csv.DictReader((tmp_path / "run.csv").open(encoding="utf-8")))
+    assert len(rows) == token_run["n_tokens"]
+    assert set(rows[0]) == {"prompt_index", "token_index", "token_id", *token_run["points"]}
+    assert (
+        stack("export", "--run", "run-nope", "--format", "csv").error_line().startswith("error (NOT_FOUND)")
+    )
+
+
+def test_dry_run_extracts_nothing(stack: Stack, gpt2: Path, tmp_path: Path) -> None:
+    questions = write_jsonl(tmp_path / "dry.jsonl", ["a question nobody extracted before", "and a second"])
+    args = ("multi-extract", "--model", gpt2, "--questions-file", questions, "--layer-range", "0", "2")
+    report = stack(*args, "--dry-run", "--json").json()
+    assert report["prompts"] == 2 and report["tokens"] > 2 and not report["already_in_lake"]
+    assert report["bytes_to_write"] >= report["tokens"] * 32 * 2 * 2
+    assert report["estimated_seconds"] > 0
+    assert stack("runs", "show", report["run_id"]).error_line().startswith("error (NOT_FOUND)")
