@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from neuronmap.client import Client
-from neuronmap.errors import InvalidArgument, NeuronMapError, NotFound
+from neuronmap.errors import FailedPrecondition, InvalidArgument, NeuronMapError, NotFound
 from neuronmap.v1 import catalog_pb2, common_pb2, extractor_pb2
 from tests.conftest import StartServer, make_settings
 
@@ -188,3 +188,23 @@ def test_settings_point_the_client_at_one_target(stack: object) -> None:
     settings = dataclasses.replace(stack.settings, extractor_target="127.0.0.1:1")  # type: ignore[attr-defined]
     with Client(settings) as broken, pytest.raises(NeuronMapError, match="unavailable"):
         broken.models()
+
+
+def test_services_run_as_separate_servers(
+    start_server: StartServer, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    catalog = start_server(services=("catalog",), settings=make_settings(tmp_path))
+    workers = start_server(
+        services=("extractor", "analyzer"), settings=make_settings(tmp_path, catalog_target=catalog.target)
+    )
+    assert workers.target != catalog.target
+    settings = dataclasses.replace(workers.settings, catalog_target=catalog.target)
+    with Client(settings) as client:
+        assert set(client.wait_ready(timeout=10).values()) == {"SERVING"}
+        run = client.extract(
+            str(tiny_model("gpt2")), ["split services", "two servers"], ["blocks.1.resid_post"]
+        )
+        stats = client.statistics(run.run_id, "blocks.1.resid_post")
+        assert stats.n_rows == run.info.n_tokens
+    with pytest.raises(FailedPrecondition, match="NEURONMAP_CATALOG_TARGET"):
+        start_server(services=("extractor",), settings=make_settings(tmp_path / "alone"))

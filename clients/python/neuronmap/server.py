@@ -72,6 +72,11 @@ def serve(
     unknown = set(services) - set(SERVICES)
     if unknown:
         raise FailedPrecondition(f"unknown services {sorted(unknown)}; known: {', '.join(SERVICES)}")
+    if "catalog" not in services and not settings.catalog_target:
+        # The extractor and analyzer index their work in the catalog: without one here, they need its address.
+        raise FailedPrecondition(
+            "without the catalog in this process, set NEURONMAP_CATALOG_TARGET to its address"
+        )
     # gRPC shares ports (SO_REUSEPORT) by default: a second stack on a busy port would split the traffic.
     options = [*channel_options(settings), ("grpc.so_reuseport", 0)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
