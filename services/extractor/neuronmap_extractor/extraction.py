@@ -95,6 +95,15 @@ class Progress:
     eta_seconds: float = 0.0
     elapsed_seconds: float = 0.0
 
+    def advance(self, tokens: int, compute_seconds: float, elapsed_seconds: float) -> None:
+        """One more batch of `tokens` done; the rate counts compute time since the first batch."""
+        self.batches_done += 1
+        self.tokens_done += tokens
+        self.elapsed_seconds = elapsed_seconds
+        self.tokens_per_second = self.tokens_done / compute_seconds if compute_seconds > 0 else 0.0
+        remaining = self.tokens_total - self.tokens_done
+        self.eta_seconds = remaining / self.tokens_per_second if self.tokens_per_second else 0.0
+
 
 @dataclass
 class Outcome:
@@ -459,24 +468,7 @@ def execute(
         "reference_check": check,
     }
     lengths = tokens.lengths
-    itemsize = STORAGE_ITEMSIZE[request.dtype]
-    dec_lengths = (
-        np.array([len(t) for t in decoder_ids], dtype=np.int64) if decoder_ids is not None else lengths
-    )
-    per_prompt_bytes = np.zeros(len(lengths), dtype=np.int64)
-    for point in points:
-        rows = (
-            (dec_lengths if point.axis == "decoder_tokens" else lengths)
-            if request.reduction == "tokens"
-            else 1
-        )
-        per_prompt_bytes += rows * point.width * itemsize
-    # Windows are planned from prompt 0 even on resume: the same windows give the same batches, and so
-    # the same bytes as an uninterrupted run (batch composition changes float rounding).
-    windows = [w for w in plan_windows(per_prompt_bytes, 0, max(1, window_bytes)) if w[0] >= resumed_from]
-    if resumed_from and (not windows or windows[0][0] != resumed_from):
-        windows = plan_windows(per_prompt_bytes, resumed_from, max(1, window_bytes))  # settings changed
-    batch_plan = [(p0, p1, plan_batches(lengths[p0:p1], prepared.batch_size)) for p0, p1 in windows]
+    batch_plan = _plan(run, points, prepared.batch_size, window_bytes, resumed_from)
     progress = Progress(
         batches_total=sum(len(b) for _, _, b in batch_plan),
         prompts_total=len(lengths),
@@ -496,29 +488,17 @@ def execute(
     try:
         with batcher.capture:
             for p0, p1, batches in batch_plan:
-                buffers = {
-                    p.name: np.empty(
-                        (run.rows_of(p0, p1, p.axis)[1] - run.rows_of(p0, p1, p.axis)[0], p.width),
-                        dtype=_stored_dtype(request.dtype),
-                    )
-                    for p in points
-                }
+                buffers = _window_buffers(run, points, p0, p1)
                 for local in batches:
                     if cancel is not None and cancel.is_set():
                         raise Cancelled(
-                            f"run {prepared.run_id} cancelled after {progress.prompts_done} committed prompts"
+                            f"run {prepared.run_id} cancelled after {progress.prompts_done} prompts; "
+                            "the committed ones stay, and the same request resumes it"
                         )
                     for indices, values in batcher.run(local + p0):
                         _scatter(run, points, p0, indices, values, buffers)
-                    progress.batches_done += 1
-                    progress.tokens_done += int(lengths[local + p0].sum())
-                    elapsed = time.monotonic() - compute_start
-                    progress.elapsed_seconds = time.monotonic() - started
-                    progress.tokens_per_second = progress.tokens_done / elapsed if elapsed > 0 else 0.0
-                    remaining = progress.tokens_total - progress.tokens_done
-                    progress.eta_seconds = (
-                        remaining / progress.tokens_per_second if progress.tokens_per_second else 0.0
-                    )
+                    now = time.monotonic()
+                    progress.advance(int(lengths[local + p0].sum()), now - compute_start, now - started)
                     on_progress(progress)
                 if p0 == 0:
                     check["max_abs_diff_batched_vs_alone"] = _batched_vs_alone(
@@ -550,8 +530,35 @@ def execute(
     )
 
 
-def _stored_dtype(dtype: str) -> np.dtype[Any]:
-    return np.dtype(np.uint16) if dtype == "bfloat16" else np.dtype(dtype)
+def _plan(
+    run: RunWriter, points: Sequence[PointInfo], batch_size: int, window_bytes: int, resumed_from: int
+) -> list[tuple[int, int, list[np.ndarray]]]:
+    """(p0, p1, batches of prompt indices relative to p0) for every window still to do.
+
+    Windows are planned from prompt 0 even on resume: the same windows give the same batches, and so
+    the same bytes as an uninterrupted run (which prompts share a batch changes float rounding).
+    """
+    n_prompts = run.layout.n_prompts
+    itemsize = STORAGE_ITEMSIZE[run.layout.dtype]
+    per_prompt_bytes = np.zeros(n_prompts, dtype=np.int64)
+    for point in points:
+        rows = np.diff(run.offsets(point.axis)) if run.layout.reduction == "tokens" else 1
+        per_prompt_bytes += rows * point.width * itemsize
+    windows = [w for w in plan_windows(per_prompt_bytes, 0, max(1, window_bytes)) if w[0] >= resumed_from]
+    if resumed_from and (not windows or windows[0][0] != resumed_from):
+        windows = plan_windows(per_prompt_bytes, resumed_from, max(1, window_bytes))  # settings changed
+    lengths = np.diff(run.offsets("tokens"))
+    return [(p0, p1, plan_batches(lengths[p0:p1], batch_size)) for p0, p1 in windows]
+
+
+def _window_buffers(run: RunWriter, points: Sequence[PointInfo], p0: int, p1: int) -> dict[str, np.ndarray]:
+    """Empty `[rows of prompts p0..p1, d]` arrays in the stored dtype, one per point."""
+    dtype = np.dtype(np.uint16) if run.layout.dtype == "bfloat16" else np.dtype(run.layout.dtype)
+    buffers = {}
+    for point in points:
+        r0, r1 = run.rows_of(p0, p1, point.axis)
+        buffers[point.name] = np.empty((r1 - r0, point.width), dtype=dtype)
+    return buffers
 
 
 def _scatter(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
@@ -165,12 +164,3 @@ class JobQueue:
                 job.update(state="failed", message="the job ended without a result", error_code="INTERNAL")
             with self._lock:
                 self._finish(job)
-
-
-def wait_finished(queue: JobQueue, job_id: str, timeout: float) -> JobView:
-    """Blocks until a job ends (for tests and the CLI's --wait); returns its last view."""
-    deadline = time.monotonic() + timeout
-    last = queue.get(job_id).view
-    for view in queue.watch(job_id, lambda: time.monotonic() < deadline):
-        last = view
-    return last
