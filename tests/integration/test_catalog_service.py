@@ -292,3 +292,22 @@ def test_the_catalog_file_outlives_the_server(start_server: StartServer, setting
     with Client(dataclasses.replace(settings, target=second.target)) as client:
         assert client.get_run("r1").info == registered
         assert [run.run_id for run in client.runs(point="embed")] == ["r1"]
+
+
+def test_reflection_lists_every_service(start_server: StartServer) -> None:
+    """grpcurl-style discovery: server reflection names the three services and health checking."""
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    running = start_server()
+    with grpc.insecure_channel(running.target) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        response = next(stub.ServerReflectionInfo(iter([request])))
+        names = {s.name for s in response.list_services_response.service}
+    assert {
+        "neuronmap.v1.Catalog",
+        "neuronmap.v1.Extractor",
+        "neuronmap.v1.Analyzer",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= names
