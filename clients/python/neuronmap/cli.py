@@ -56,10 +56,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     settings = load_settings(lake_uri=args.lake, catalog_path=args.catalog)
     services = tuple(s.strip() for s in args.services.split(",")) if args.services else SERVICES
     running = serve(settings, services=services, host=args.host, port=args.port)
-    err.print(
-        f"NeuronMap serving {', '.join(services)} on {running.target}\n"
-        f"  lake: {settings.lake_uri}\n  catalog: {settings.catalog_path}\n  Ctrl+C stops it."
-    )
+    lines = [f"NeuronMap serving {', '.join(services)} on {running.target}"]
+    if {"extractor", "analyzer"} & set(services):
+        lines.append(f"  lake: {settings.lake_uri}")
+    if "catalog" in services:
+        lines.append(f"  catalog: {settings.catalog_path}")
+    err.print("\n".join([*lines, "  Ctrl+C stops it."]))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -37,7 +37,6 @@ ENV_VARS: dict[str, str] = {
     "max_message_mb": "NEURONMAP_MAX_MESSAGE_MB",
     "window_mb": "NEURONMAP_WINDOW_MB",
     "max_prompts": "NEURONMAP_MAX_PROMPTS",
-    "dask_scheduler": "NEURONMAP_DASK_SCHEDULER",
 }
 
 
@@ -65,7 +64,6 @@ class Settings:
     # Activations of this many MiB are gathered before a write; bounds the extractor's memory.
     window_mb: float = 256.0
     max_prompts: int = 1_000_000
-    dask_scheduler: str = ""
 
     def for_service(self, service: str) -> str:
         """The gRPC target of one service ("catalog", "extractor", "analyzer")."""
