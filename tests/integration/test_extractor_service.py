@@ -208,3 +208,20 @@ def test_services_run_as_separate_servers(
         assert stats.n_rows == run.info.n_tokens
     with pytest.raises(FailedPrecondition, match="NEURONMAP_CATALOG_TARGET"):
         start_server(services=("extractor",), settings=make_settings(tmp_path / "alone"))
+
+
+def test_background_and_inline_writers_store_the_same_bytes(
+    start_server: StartServer, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    folder = str(tiny_model("llama"))
+    prompts = _many_prompts(120, "writers")
+    points = ["blocks.0.resid_post", "blocks.2.mlp_out"]
+    arrays = {}
+    for mode in ("background", "inline"):
+        running = start_server(settings=make_settings(tmp_path / mode, window_mb=0.05, writer=mode))
+        with Client(running.settings) as client:
+            run = client.extract(folder, prompts, points, batch_size=4)
+            assert run.reader().provenance["writer"] == mode
+            arrays[mode] = {p: run.array(p) for p in points}
+    for point in points:
+        np.testing.assert_array_equal(arrays["background"][point], arrays["inline"][point])

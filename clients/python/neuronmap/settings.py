@@ -36,6 +36,7 @@ ENV_VARS: dict[str, str] = {
     "model_cache_dir": "NEURONMAP_MODEL_CACHE",
     "max_message_mb": "NEURONMAP_MAX_MESSAGE_MB",
     "window_mb": "NEURONMAP_WINDOW_MB",
+    "writer": "NEURONMAP_WRITER",
     "max_prompts": "NEURONMAP_MAX_PROMPTS",
 }
 
@@ -61,8 +62,12 @@ class Settings:
     # Where converted weights of packaged models are kept (GGUF dequantised once, then safetensors).
     model_cache_dir: str = "./neuronmap-data/models"
     max_message_mb: int = 256
-    # Activations of this many MiB are gathered before a write; bounds the extractor's memory.
-    window_mb: float = 256.0
+    # Activations of this many MiB are gathered before a write; bounds the extractor's memory (one window
+    # inline, two with a background writer) and is the scope of length sorting.
+    window_mb: float = 512.0
+    # auto | background | inline: store windows on a thread of their own, or between windows.
+    # auto: background on a GPU or when torch leaves cores free, else inline (neuronmap_extractor.writer).
+    writer: str = "auto"
     max_prompts: int = 1_000_000
 
     def for_service(self, service: str) -> str:

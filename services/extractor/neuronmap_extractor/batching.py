@@ -50,15 +50,19 @@ def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_lengt
     return Tokenized([np.asarray(ids, dtype=np.int32) for ids in encoded], long)
 
 
-def plan_windows(rows_per_prompt: np.ndarray, start: int, max_rows: int) -> list[tuple[int, int]]:
-    """Consecutive prompt ranges from `start`, each holding at most max_rows rows (one prompt at least)."""
+def plan_windows(cost: np.ndarray, start: int, budget: int, multiple: int = 1) -> list[tuple[int, int]]:
+    """Consecutive prompt ranges from `start` whose summed `cost` stays within `budget` (one prompt at
+    least). A window holding at least `multiple` prompts holds a multiple of them, so that it cuts into
+    full batches (a partial batch pads to its longest prompt like a full one)."""
     windows = []
     p0 = start
-    total = len(rows_per_prompt)
-    cumulative = np.concatenate([[0], np.cumsum(rows_per_prompt)])
+    total = len(cost)
+    cumulative = np.concatenate([[0], np.cumsum(cost)])
     while p0 < total:
-        p1 = int(np.searchsorted(cumulative, cumulative[p0] + max_rows, side="right")) - 1
+        p1 = int(np.searchsorted(cumulative, cumulative[p0] + budget, side="right")) - 1
         p1 = min(max(p1, p0 + 1), total)
+        if p1 < total and p1 - p0 >= multiple:
+            p1 = p0 + (p1 - p0) // multiple * multiple
         windows.append((p0, p1))
         p0 = p1
     return windows

@@ -1,21 +1,25 @@
 """Reading many points in one forward pass, and stopping the pass once the last one is read.
 
-A `Capture` hooks the modules of the requested sites. During a forward pass each hook takes its tensor
-`[batch, tokens, width]`, drops padding (or reduces over real tokens), converts to the storage dtype and
-keeps the result; once every site has fired it raises `_Stop`, so the rest of the network (later
-blocks, the LM head) never runs. Nothing the caller did not ask for is computed or kept.
+A `Capture` hooks the modules of the requested sites. During a forward pass each hook hands its padded
+tensor `[batch, tokens, width]` to a placer, which keeps what is wanted of it; once every site has fired
+the last hook raises `_Stop`, so the rest of the network (later blocks, the LM head) never runs.
+
+`WindowBuffers` is the placer of an extraction: it copies each prompt's real tokens (or their mean, or
+the last one) straight into the window's storage-dtype buffer, casting on the way, so an activation is
+read once and written once: no padded copy, no float32 intermediate, no second scatter pass.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from neuronmap.errors import InvalidArgument
+from neuronmap.lake import PointInfo, RunReader
 from neuronmap_extractor.discovery import Site
 
 TORCH_STORAGE = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -27,10 +31,10 @@ class _Stop(Exception):
 
 @dataclass(frozen=True)
 class AxisRows:
-    """Which positions of one padded token axis are real.
+    """Which positions of one padded token axis are real (always a prefix: batches are right-padded).
 
     mask `[batch, tokens]` bool; lengths `[batch]`; flat `[real tokens]` indices into the flattened
-    `[batch * tokens]` positions, prompt by prompt (the stored row order).
+    `[batch * tokens]` positions, prompt by prompt.
     """
 
     mask: torch.Tensor
@@ -43,11 +47,9 @@ class AxisRows:
         return AxisRows(mask=mask, lengths=mask.sum(dim=1), flat=mask.reshape(-1).nonzero().squeeze(1))
 
 
-def to_storage(values: torch.Tensor, dtype: str) -> np.ndarray:
-    """A CPU numpy array in the lake's stored form (bfloat16 as uint16 bit patterns)."""
-    if dtype == "bfloat16":
-        return values.to(torch.bfloat16).view(torch.int16).cpu().numpy().view(np.uint16)
-    return values.to(TORCH_STORAGE[dtype]).cpu().numpy()
+class Placer(Protocol):
+    def __call__(self, site: Site, x: torch.Tensor, rows: AxisRows) -> None:
+        """Keeps what is wanted of a site's padded output `x` `[batch, tokens, width]`."""
 
 
 def _tensor_of(value: Any) -> Any:
@@ -57,15 +59,14 @@ def _tensor_of(value: Any) -> Any:
 class Capture:
     """Hooks reading `sites` from `model`; use as a context manager around `run` calls."""
 
-    def __init__(self, model: torch.nn.Module, sites: Sequence[Site], reduction: str, dtype: str) -> None:
+    def __init__(self, model: torch.nn.Module, sites: Sequence[Site], stop_early: bool = True) -> None:
         self.model = model
         self.sites = list(sites)
-        self.reduction = reduction
-        self.dtype = dtype
+        self.stop_early = stop_early
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._axes: Mapping[str, AxisRows] = {}
-        self._out: dict[str, np.ndarray] = {}
-        self.stop_early = True
+        self._place: Placer | None = None
+        self._fired: set[str] = set()
 
     def __enter__(self) -> Capture:
         modules = dict(self.model.named_modules())
@@ -95,7 +96,7 @@ class Capture:
         return hook
 
     def _take(self, site: Site, value: Any) -> None:
-        if site.name in self._out:
+        if site.name in self._fired or self._place is None:
             return  # a module run twice in one pass (shared weights): the first call is the point
         rows = self._axes[site.axis]
         batch, tokens = rows.mask.shape
@@ -109,34 +110,94 @@ class Capture:
                 f"{site.name} ({site.module_path}) gives {shape}, "
                 f"not [batch, tokens, width] = [{batch}, {tokens}, ...]"
             )
-        self._out[site.name] = to_storage(self._reduce(value.detach(), rows), self.dtype)
-        if self.stop_early and len(self._out) == len(self.sites):
+        self._place(site, value.detach(), rows)
+        self._fired.add(site.name)
+        if self.stop_early and len(self._fired) == len(self.sites):
             raise _Stop
 
-    def _reduce(self, x: torch.Tensor, rows: AxisRows) -> torch.Tensor:
-        """`[batch, tokens, d]` -> `[real tokens, d]` ("tokens") or `[batch, d]` ("mean", "last")."""
-        if self.reduction == "tokens":
-            return x.reshape(-1, x.shape[-1]).index_select(0, rows.flat)
-        if self.reduction == "mean":
-            weights = rows.mask.unsqueeze(-1).to(torch.float32)
-            return (x.to(torch.float32) * weights).sum(dim=1) / rows.lengths.unsqueeze(-1).to(torch.float32)
-        return x[torch.arange(x.shape[0], device=x.device), rows.lengths - 1]
-
-    def run(self, forward: Callable[[], Any], axes: Mapping[str, AxisRows]) -> dict[str, np.ndarray]:
-        """Runs `forward` (one pass over a batch) and returns each site's rows, by name.
-
-        Rows are in batch order: prompt 0's real tokens, then prompt 1's... (`[real tokens, d]`), or one
-        row per prompt for reduced runs (`[batch, d]`).
-        """
-        self._axes = axes
-        self._out = {}
+    def run(self, forward: Callable[[], Any], axes: Mapping[str, AxisRows], place: Placer) -> None:
+        """Runs `forward` (one pass over a batch), handing every site's output to `place`."""
+        self._axes, self._place, self._fired = axes, place, set()
         try:
             with torch.inference_mode():
                 forward()
         except _Stop:
             pass
-        missing = [s.name for s in self.sites if s.name not in self._out]
+        finally:
+            self._place = None
+        missing = [s.name for s in self.sites if s.name not in self._fired]
         if missing:
             raise InvalidArgument(f"points {missing} were never produced by a forward pass of this model")
-        out, self._out = self._out, {}
-        return out
+
+
+class Collect:
+    """A placer keeping the first prompt's real tokens of each site as float32: `[tokens, width]`."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, np.ndarray] = {}
+
+    def __call__(self, site: Site, x: torch.Tensor, rows: AxisRows) -> None:
+        n = int(rows.lengths[0])
+        self.values[site.name] = x[0, :n].to(torch.float32).cpu().numpy()
+
+
+class WindowBuffers:
+    """The activations of one window of prompts [p0, p1), in the stored dtype, filled batch by batch.
+
+    One tensor per point: `[rows of the window, width]`, rows in prompt order (token rows for
+    reduction "tokens", else one per prompt).
+    """
+
+    def __init__(self, run: RunReader, points: Sequence[PointInfo], p0: int, p1: int) -> None:
+        self.run = run
+        self.points = {p.name: p for p in points}
+        self.p0 = p0
+        self.reduction = run.layout.reduction
+        dtype = TORCH_STORAGE[run.layout.dtype]
+        self.tensors: dict[str, torch.Tensor] = {}
+        for point in points:
+            r0, r1 = run.rows_of(p0, p1, point.axis)
+            self.tensors[point.name] = torch.empty((r1 - r0, point.width), dtype=dtype)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """numpy views of the buffers in the lake's stored form (bfloat16 as uint16 bit patterns)."""
+        if self.run.layout.dtype == "bfloat16":
+            return {k: t.view(torch.int16).numpy().view(np.uint16) for k, t in self.tensors.items()}
+        return {k: t.numpy() for k, t in self.tensors.items()}
+
+    def placer(self, prompts: np.ndarray) -> Placer:
+        """The placer for one batch whose rows are the (global) prompts `prompts`, in batch order."""
+        spans: dict[str, list[tuple[int, int]]] = {}  # axis -> (window row, length) of each batch row
+        for point in self.points.values():
+            if point.axis not in spans and self.reduction == "tokens":
+                offsets = self.run.offsets(point.axis)
+                base = int(offsets[self.p0])
+                spans[point.axis] = [
+                    (int(offsets[p]) - base, int(offsets[p + 1] - offsets[p])) for p in prompts
+                ]
+        destinations = torch.from_numpy(np.asarray(prompts, dtype=np.int64) - self.p0)
+
+        def place(site: Site, x: torch.Tensor, rows: AxisRows) -> None:
+            buffer = self.tensors[site.name]
+            if self.reduction == "mean":
+                weights = rows.mask.unsqueeze(-1).to(torch.float32)
+                mean = (x.to(torch.float32) * weights).sum(dim=1) / rows.lengths.unsqueeze(-1).to(
+                    torch.float32
+                )
+                buffer.index_copy_(0, destinations, mean.to(buffer.dtype).cpu())
+            elif self.reduction == "last":
+                last = x[torch.arange(x.shape[0], device=x.device), rows.lengths - 1]
+                buffer.index_copy_(0, destinations, last.to(buffer.dtype).cpu())
+            elif x.device.type == "cpu":
+                # One fused copy-and-cast per prompt, straight from the padded activation.
+                for b, (start, n) in enumerate(spans[site.axis]):
+                    buffer[start : start + n].copy_(x[b, :n])
+            else:
+                # On a GPU: gather and cast there, cross to the host once, then place the prompts.
+                real = x.reshape(-1, x.shape[-1]).index_select(0, rows.flat).to(buffer.dtype).cpu()
+                read = 0
+                for start, n in spans[site.axis]:
+                    buffer[start : start + n].copy_(real[read : read + n])
+                    read += n
+
+        return place

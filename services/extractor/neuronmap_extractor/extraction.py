@@ -28,10 +28,10 @@ import torch
 from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 
 from neuronmap.errors import Cancelled, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
-from neuronmap.lake import REDUCTIONS, STORAGE_DTYPES, Lake, PointInfo, RunWriter, decode, encode
+from neuronmap.lake import REDUCTIONS, STORAGE_DTYPES, Lake, PointInfo, RunWriter
 from neuronmap.settings import Settings
 from neuronmap_extractor.batching import Tokenized, pad, plan_batches, plan_windows, tokenize
-from neuronmap_extractor.capture import AxisRows, Capture
+from neuronmap_extractor.capture import AxisRows, Capture, Collect, WindowBuffers
 from neuronmap_extractor.discovery import ModelMap, Site, hidden_size
 from neuronmap_extractor.loading import (
     LoadedModel,
@@ -41,7 +41,7 @@ from neuronmap_extractor.loading import (
     weights_location,
 )
 from neuronmap_extractor.registry import ModelSpec, Registry
-from neuronmap_extractor.writer import BackgroundWriter
+from neuronmap_extractor.writer import make_writer, writer_mode
 
 RUN_FORMAT = 1
 MAX_BATCH_SIZE = 4096
@@ -330,7 +330,7 @@ def library_versions() -> dict[str, str]:
 
 @dataclass
 class _Batcher:
-    """Runs batches through a Capture, splitting a batch that runs out of GPU memory."""
+    """Pads batches and runs them through a Capture, splitting a batch that runs out of GPU memory."""
 
     capture: Capture
     forward: _Forward
@@ -338,10 +338,10 @@ class _Batcher:
     decoder_ids: list[np.ndarray] | None
     pad_id: int
 
-    def run(self, prompts: np.ndarray) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
-        """[(prompt indices, rows by point)] for the batch, split in halves on CUDA out-of-memory."""
+    def run(self, prompts: np.ndarray, window: WindowBuffers) -> None:
+        """Places the batch of (global) prompts into the window; halves it on CUDA out-of-memory."""
         try:
-            return [(prompts, self._run_once(prompts))]
+            self._run_once(prompts, window)
         except torch.cuda.OutOfMemoryError:
             if len(prompts) == 1:
                 raise ResourceExhausted(
@@ -349,16 +349,17 @@ class _Batcher:
                 ) from None
             torch.cuda.empty_cache()
             half = len(prompts) // 2
-            return self.run(prompts[:half]) + self.run(prompts[half:])
+            self.run(prompts[:half], window)
+            self.run(prompts[half:], window)
 
-    def _run_once(self, prompts: np.ndarray) -> dict[str, np.ndarray]:
+    def _run_once(self, prompts: np.ndarray, window: WindowBuffers) -> None:
         input_ids, mask = pad([self.token_ids[int(p)] for p in prompts], self.pad_id)
         axes = {"tokens": AxisRows.from_mask(mask.to(self.forward.loaded.device))}
         decoder = None
         if self.decoder_ids is not None:
             decoder = pad([self.decoder_ids[int(p)] for p in prompts], self.pad_id)
             axes["decoder_tokens"] = AxisRows.from_mask(decoder[1].to(self.forward.loaded.device))
-        return self.capture.run(lambda: self.forward(input_ids, mask, decoder), axes)
+        self.capture.run(lambda: self.forward(input_ids, mask, decoder), axes, window.placer(prompts))
 
 
 def _reference_check(
@@ -373,8 +374,8 @@ def _reference_check(
     Returns each site's width, its values for prompt 0 (to compare with the same prompt inside its
     batch later), and the largest difference between resid_post/embed hooks and the hidden states.
     """
-    capture = Capture(loaded.model, prepared.sites, "tokens", "float32")
-    capture.stop_early = False
+    capture = Capture(loaded.model, prepared.sites, stop_early=False)
+    collect = Collect()
     input_ids, mask = pad([token_ids[0]], _pad_id(loaded))
     axes = {"tokens": AxisRows.from_mask(mask.to(loaded.device))}
     decoder = None
@@ -387,7 +388,8 @@ def _reference_check(
         result["output"] = forward(input_ids, mask, decoder, output_hidden_states=True)
 
     with capture:
-        alone = capture.run(run, axes)
+        capture.run(run, axes, collect)
+    alone = collect.values
     widths = {name: int(values.shape[-1]) for name, values in alone.items()}
     output = result.get("output")
     compared: dict[str, float] = {}
@@ -423,6 +425,7 @@ def execute(
     lake: Lake,
     *,
     window_bytes: int,
+    writer: str = "auto",
     on_start: Callable[[RunWriter, int, int], None] = lambda *_: None,
     on_progress: Callable[[Progress], None] = lambda _: None,
     on_commit: Callable[[int], None] = lambda _: None,
@@ -454,6 +457,7 @@ def execute(
         for s in prepared.sites
     ]
     run, resumed_from = _open_or_create(prepared, lake, request, tokens, decoder_ids, points)
+    mode = writer_mode(writer, loaded.device)
     on_start(run, resumed_from, len(tokens.truncated))
     provenance: dict[str, Any] = {
         "versions": library_versions(),
@@ -464,6 +468,7 @@ def execute(
         "storage_dtype": request.dtype,
         "device": str(loaded.device),
         "batch_size": prepared.batch_size,
+        "writer": mode,
         "truncated_prompts": len(tokens.truncated),
         "reference_check": check,
     }
@@ -477,37 +482,34 @@ def execute(
     )
     on_progress(progress)
     batcher = _Batcher(
-        Capture(loaded.model, prepared.sites, request.reduction, request.dtype),
+        Capture(loaded.model, prepared.sites),
         forward,
         tokens.ids,
         decoder_ids,
         _pad_id(loaded),
     )
-    writer = BackgroundWriter(run, on_commit)
+    storer = make_writer(run, on_commit, mode)
     compute_start = time.monotonic()
     try:
         with batcher.capture:
             for p0, p1, batches in batch_plan:
-                buffers = _window_buffers(run, points, p0, p1)
+                window = WindowBuffers(run, points, p0, p1)
                 for local in batches:
                     if cancel is not None and cancel.is_set():
                         raise Cancelled(
                             f"run {prepared.run_id} cancelled after {progress.prompts_done} prompts; "
                             "the committed ones stay, and the same request resumes it"
                         )
-                    for indices, values in batcher.run(local + p0):
-                        _scatter(run, points, p0, indices, values, buffers)
+                    batcher.run(local + p0, window)
                     now = time.monotonic()
                     progress.advance(int(lengths[local + p0].sum()), now - compute_start, now - started)
                     on_progress(progress)
                 if p0 == 0:
-                    check["max_abs_diff_batched_vs_alone"] = _batched_vs_alone(
-                        run, points, buffers, alone, request.dtype
-                    )
-                writer.submit(p0, p1, buffers)
+                    check["max_abs_diff_batched_vs_alone"] = _batched_vs_alone(window, alone)
+                storer.submit(p0, p1, window.arrays())
                 progress.prompts_done = p1
     finally:
-        writer.close()
+        storer.close()
     seconds = time.monotonic() - started
     provenance.update(
         seconds=round(seconds, 3),
@@ -544,61 +546,23 @@ def _plan(
     for point in points:
         rows = np.diff(run.offsets(point.axis)) if run.layout.reduction == "tokens" else 1
         per_prompt_bytes += rows * point.width * itemsize
-    windows = [w for w in plan_windows(per_prompt_bytes, 0, max(1, window_bytes)) if w[0] >= resumed_from]
-    if resumed_from and (not windows or windows[0][0] != resumed_from):
-        windows = plan_windows(per_prompt_bytes, resumed_from, max(1, window_bytes))  # settings changed
+    budget = max(1, window_bytes)
+    windows = [w for w in plan_windows(per_prompt_bytes, 0, budget, batch_size) if w[0] >= resumed_from]
+    if resumed_from and (not windows or windows[0][0] != resumed_from):  # the settings changed
+        windows = plan_windows(per_prompt_bytes, resumed_from, budget, batch_size)
     lengths = np.diff(run.offsets("tokens"))
     return [(p0, p1, plan_batches(lengths[p0:p1], batch_size)) for p0, p1 in windows]
 
 
-def _window_buffers(run: RunWriter, points: Sequence[PointInfo], p0: int, p1: int) -> dict[str, np.ndarray]:
-    """Empty `[rows of prompts p0..p1, d]` arrays in the stored dtype, one per point."""
-    dtype = np.dtype(np.uint16) if run.layout.dtype == "bfloat16" else np.dtype(run.layout.dtype)
-    buffers = {}
-    for point in points:
-        r0, r1 = run.rows_of(p0, p1, point.axis)
-        buffers[point.name] = np.empty((r1 - r0, point.width), dtype=dtype)
-    return buffers
-
-
-def _scatter(
-    run: RunWriter,
-    points: Sequence[PointInfo],
-    p0: int,
-    prompts: np.ndarray,
-    rows: dict[str, np.ndarray],
-    buffers: dict[str, np.ndarray],
-) -> None:
-    """Places a batch's rows (batch order) at their prompts' rows in the window buffers (prompt order)."""
-    destinations: dict[str, np.ndarray] = {}
-    for point in points:
-        if point.axis not in destinations:
-            if run.layout.reduction == "tokens":
-                offsets = run.offsets(point.axis)
-                base = offsets[p0]
-                destinations[point.axis] = np.concatenate(
-                    [np.arange(offsets[p] - base, offsets[p + 1] - base) for p in prompts]
-                )
-            else:
-                destinations[point.axis] = prompts - p0
-        buffers[point.name][destinations[point.axis]] = rows[point.name]
-
-
-def _batched_vs_alone(
-    run: RunWriter,
-    points: Sequence[PointInfo],
-    buffers: dict[str, np.ndarray],
-    alone: dict[str, np.ndarray],
-    dtype: str,
-) -> float:
+def _batched_vs_alone(window: WindowBuffers, alone: dict[str, np.ndarray]) -> float:
     """Largest difference between prompt 0 inside its batch and prompt 0 run alone (tokens runs)."""
-    if run.layout.reduction != "tokens":
+    if window.reduction != "tokens":
         return float("nan")
     worst = 0.0
-    for point in points:
-        r0, r1 = run.rows_of(0, 1, point.axis)
-        batched = decode(buffers[point.name][r0:r1], dtype).astype(np.float32)
-        reference = decode(encode(alone[point.name], dtype), dtype).astype(np.float32)
+    for name, tensor in window.tensors.items():
+        rows = len(alone[name])
+        batched = tensor[:rows].to(torch.float32).numpy()
+        reference = torch.from_numpy(alone[name]).to(tensor.dtype).to(torch.float32).numpy()
         worst = max(worst, float(np.max(np.abs(batched - reference))))
     return worst
 

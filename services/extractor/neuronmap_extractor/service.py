@@ -148,6 +148,7 @@ class Extractor:
                 loaded,
                 self.lake,
                 window_bytes=int(self.settings.window_mb * (1 << 20)),
+                writer=self.settings.writer,
                 on_start=on_start,
                 on_progress=on_progress,
                 on_commit=on_commit,
