@@ -8,8 +8,9 @@ questions of 100-155 tokens, wall time of
   a  bare      `AutoModelForCausalLM` forward, logits computed, as a user would run it (the baseline)
   b  hidden    the same forward with output_hidden_states=True
   c  nm30      NeuronMap `execute`: all 30 blocks.{i}.resid_post, fp16, into a fresh local lake
+               (its writer mode "auto": inline here, where torch's threads own both cores)
   d  nm6       NeuronMap `execute`: blocks 0-5 resid_post only
-  e  nm30sync  as c, with the background writer replaced by writes in the extracting thread
+  e  nm30bg    as c, with the background writer forced (NEURONMAP_WRITER=background)
   f  tlens     TransformerLens `TransformerBridge.run_with_cache`, names_filter = the 30 hook_resid_post
   g  nnsight   nnsight `trace` + `.save()` of the 30 decoder layers' outputs
 
@@ -112,29 +113,13 @@ class Variant:
 
 
 class NoWriter:
-    """BackgroundWriter's interface, committing each window without writing it: the cost of the rest."""
+    """The writers' interface, committing each window without writing it: the cost of the rest."""
 
-    def __init__(self, run: RunWriter, on_commit: Callable[[int], None]) -> None:
+    def __init__(self, run: RunWriter, on_commit: Callable[[int], None], mode: str) -> None:
         self._run = run
         self._on_commit = on_commit
 
     def submit(self, p0: int, p1: int, values: Mapping[str, np.ndarray]) -> None:
-        self._run.commit(p1)
-        self._on_commit(p1)
-
-    def close(self) -> None:
-        pass
-
-
-class SyncWriter:
-    """BackgroundWriter's interface, writing and committing each window in the extracting thread."""
-
-    def __init__(self, run: RunWriter, on_commit: Callable[[int], None]) -> None:
-        self._run = run
-        self._on_commit = on_commit
-
-    def submit(self, p0: int, p1: int, values: Mapping[str, np.ndarray]) -> None:
-        self._run.write(p0, p1, values)
         self._run.commit(p1)
         self._on_commit(p1)
 
@@ -160,7 +145,7 @@ def neuronmap_batches(
     """The windows and batches (prompt indices) `execute` forms for a token-level run of these widths."""
     lengths = tokens.lengths
     per_prompt = lengths * int(sum(widths)) * itemsize
-    windows = plan_windows(per_prompt, 0, max(1, window_bytes))
+    windows = plan_windows(per_prompt, 0, max(1, window_bytes), batch_size)
     batches = [b + p0 for p0, p1 in windows for b in plan_batches(lengths[p0:p1], batch_size)]
     return windows, batches
 
@@ -190,21 +175,22 @@ def time_execute(
     loaded: LoadedModel,
     lake_parent: Path,
     window_bytes: int,
-    writer: type | None = None,
+    writer: str = "auto",
+    no_write: bool = False,
     record: list[np.ndarray] | None = None,
 ) -> Timing:
     """NeuronMap `execute` into a fresh local lake (deleted afterwards, outside the time)."""
     folder = Path(tempfile.mkdtemp(prefix="lake-", dir=lake_parent))
     patches: list[AbstractContextManager[Any]] = [nullcontext()]
-    if writer is not None:
-        patches.append(mock.patch.object(extraction, "BackgroundWriter", writer))
+    if no_write:
+        patches.append(mock.patch.object(extraction, "make_writer", NoWriter))
     if record is not None:
         record.clear()
         original = extraction._Batcher.run
 
-        def recording(self: Any, prompts: np.ndarray) -> Any:
+        def recording(self: Any, prompts: np.ndarray, window: Any) -> None:
             record.append(np.array(prompts))
-            return original(self, prompts)
+            original(self, prompts, window)
 
         patches.append(mock.patch.object(extraction._Batcher, "run", recording))
     try:
@@ -212,7 +198,7 @@ def time_execute(
             patch.__enter__()
         try:
             with Stopwatch() as watch:
-                execute(prepared, loaded, Lake(str(folder)), window_bytes=window_bytes)
+                execute(prepared, loaded, Lake(str(folder)), window_bytes=window_bytes, writer=writer)
         finally:
             for patch in reversed(patches):
                 patch.__exit__(None, None, None)
@@ -476,9 +462,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         Variant("d", "nm6", lambda: time_execute(few_blocks, loaded, lake_parent, window_bytes)),
         Variant(
             "e",
-            "nm30sync",
-            lambda: time_execute(all_blocks, loaded, lake_parent, window_bytes, writer=SyncWriter),
-            note="BackgroundWriter patched to SyncWriter in the benchmark only",
+            "nm30bg",
+            lambda: time_execute(all_blocks, loaded, lake_parent, window_bytes, writer="background"),
+            note="the background writer forced",
         ),
     ]
     if args.no_write_variant:
@@ -486,7 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             Variant(
                 "h",
                 "nm30nowrite",
-                lambda: time_execute(all_blocks, loaded, lake_parent, window_bytes, writer=NoWriter),
+                lambda: time_execute(all_blocks, loaded, lake_parent, window_bytes, no_write=True),
                 note="diagnostic: windows committed but never written (not a usable run)",
             )
         )
