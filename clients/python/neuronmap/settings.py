@@ -64,7 +64,7 @@ class Settings:
     max_message_mb: int = 256
     # Activations of this many MiB are gathered before a write; bounds the extractor's memory (one window
     # inline, two with a background writer) and is the scope of length sorting.
-    window_mb: float = 512.0
+    window_mb: float = 1024.0
     # auto | background | inline: store windows on a thread of their own, or between windows.
     # auto: background on a GPU or when torch leaves cores free, else inline (neuronmap_extractor.writer).
     writer: str = "auto"

@@ -19,7 +19,7 @@ import json
 import platform
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -489,11 +489,15 @@ def execute(
         _pad_id(loaded),
     )
     storer = make_writer(run, on_commit, mode)
+    largest = _largest_rows(run, points, [(p0, p1) for p0, p1, _ in batch_plan])
+    free: list[Mapping[str, torch.Tensor]] = []
+    previous: WindowBuffers | None = None
     compute_start = time.monotonic()
     try:
         with batcher.capture:
             for p0, p1, batches in batch_plan:
-                window = WindowBuffers(run, points, p0, p1)
+                storage = free.pop() if free else WindowBuffers.allocate(run, points, largest)
+                window = WindowBuffers(run, points, p0, p1, storage)
                 for local in batches:
                     if cancel is not None and cancel.is_set():
                         raise Cancelled(
@@ -507,6 +511,11 @@ def execute(
                 if p0 == 0:
                     check["max_abs_diff_batched_vs_alone"] = _batched_vs_alone(window, alone)
                 storer.submit(p0, p1, window.arrays())
+                # Once submit returns, an inline writer is done with this window and a background one
+                # with the one before: their memory takes the next window's activations.
+                stored, previous = (window, None) if mode == "inline" else (previous, window)
+                if stored is not None:
+                    free.append(stored.storage)
                 progress.prompts_done = p1
     finally:
         storer.close()
@@ -552,6 +561,18 @@ def _plan(
         windows = plan_windows(per_prompt_bytes, resumed_from, budget, batch_size)
     lengths = np.diff(run.offsets("tokens"))
     return [(p0, p1, plan_batches(lengths[p0:p1], batch_size)) for p0, p1 in windows]
+
+
+def _largest_rows(
+    run: RunWriter, points: Sequence[PointInfo], windows: Sequence[tuple[int, int]]
+) -> dict[str, int]:
+    """The most rows any of the windows needs, per point (the size of the reused window storage)."""
+    largest = dict.fromkeys((p.name for p in points), 0)
+    for p0, p1 in windows:
+        for point in points:
+            r0, r1 = run.rows_of(p0, p1, point.axis)
+            largest[point.name] = max(largest[point.name], r1 - r0)
+    return largest
 
 
 def _batched_vs_alone(window: WindowBuffers, alone: dict[str, np.ndarray]) -> float:
