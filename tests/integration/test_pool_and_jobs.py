@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -80,8 +81,11 @@ def test_jobs_for_one_device_queue_and_a_queued_job_can_be_cancelled(
         first.close()
 
 
-def test_dry_run_sizes_and_estimates_without_extracting(client: Client, tiny_model: TinyModel) -> None:
-    folder = tiny_model("llama")
+def test_dry_run_sizes_and_estimates_without_extracting(
+    client: Client, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    # A copy the server has never run: the first estimate must come from the matmul rate, not a measured one.
+    folder = Path(shutil.copytree(tiny_model("llama"), tmp_path / "llama-never-run"))
     prompts = ["a dry run question", "and another one, a little longer than the first"]
     points = ["blocks.0.resid_post", "blocks.1.mlp_out"]
     run_id, report = client.dry_run(str(folder), prompts, points)

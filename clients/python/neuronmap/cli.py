@@ -307,7 +307,7 @@ def _dry_run(args: argparse.Namespace, points: Sequence[str], prompts: Sequence[
         "tokens": report.tokens,
         "truncated_prompts": report.truncated_prompts,
         "bytes_to_write": report.bytes_to_write,
-        "estimated_seconds": round(report.estimated_seconds, 2),
+        "estimated_seconds": float(f"{report.estimated_seconds:.3g}"),
         "estimate_basis": report.estimate_basis,
         "already_in_lake": report.already_in_lake,
     }
@@ -321,7 +321,7 @@ def _dry_run(args: argparse.Namespace, points: Sequence[str], prompts: Sequence[
         out.print("  already in the lake: the run would be served from it, nothing computed")
     else:
         out.print(f"  bytes to write {report.bytes_to_write / 2**20:,.1f} MiB")
-        out.print(f"  estimated time {report.estimated_seconds:,.1f} s ({report.estimate_basis})")
+        out.print(f"  estimated time {report.estimated_seconds:,.3g} s ({report.estimate_basis})")
     return 0
 
 

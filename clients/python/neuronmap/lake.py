@@ -28,6 +28,7 @@ The same code writes `file://` (or plain paths) and `s3://` lakes: local paths u
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -234,6 +235,7 @@ class RunReader:
         self.attrs: dict[str, Any] = attrs
         self.layout = RunLayout.from_json(attrs["layout"])
         self._offsets: dict[str, np.ndarray] = {}
+        self._arrays: dict[str, zarr.Array] = {}
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -298,11 +300,24 @@ class RunWriter(RunReader):
         missing = set(self.points) - set(values)
         if missing:
             raise InvalidArgument(f"window {p0}:{p1} lacks points {sorted(missing)}")
+        writes = []
         for name, block in values.items():
             r0, r1 = self.rows_of(p0, p1, self.points[name].axis)
             if block.shape != (r1 - r0, self.points[name].width):
                 raise InvalidArgument(f"{name}: block {block.shape} != {(r1 - r0, self.points[name].width)}")
-            self.group[f"points/{name}"][r0:r1] = block
+            writes.append(self._array(name)._async_array.setitem(slice(r0, r1), block))
+
+        # Every point's chunks at once: an object store answers each PUT after a round trip, and zarr
+        # bounds the concurrency (its async.concurrency setting).
+        async def write_all() -> None:
+            await asyncio.gather(*writes)
+
+        sync(write_all())
+
+    def _array(self, name: str) -> zarr.Array:
+        if name not in self._arrays:
+            self._arrays[name] = self.group[f"points/{name}"]
+        return self._arrays[name]
 
     def commit(self, p1: int) -> None:
         """Marks prompts [0, p1) durable. Call only after their `write` returned."""
