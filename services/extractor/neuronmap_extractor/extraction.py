@@ -344,9 +344,7 @@ class _Batcher:
             self._run_once(prompts, window)
         except torch.cuda.OutOfMemoryError:
             if len(prompts) == 1:
-                raise ResourceExhausted(
-                    f"one prompt of {len(self.token_ids[int(prompts[0])])} tokens does not fit in GPU memory"
-                ) from None
+                raise _does_not_fit(len(self.token_ids[int(prompts[0])])) from None
             torch.cuda.empty_cache()
             half = len(prompts) // 2
             self.run(prompts[:half], window)
@@ -360,6 +358,13 @@ class _Batcher:
             decoder = pad([self.decoder_ids[int(p)] for p in prompts], self.pad_id)
             axes["decoder_tokens"] = AxisRows.from_mask(decoder[1].to(self.forward.loaded.device))
         self.capture.run(lambda: self.forward(input_ids, mask, decoder), axes, window.placer(prompts))
+
+
+def _does_not_fit(n_tokens: int) -> ResourceExhausted:
+    return ResourceExhausted(
+        f"one prompt of {n_tokens} tokens does not fit in GPU memory: "
+        "lower max_length, or free the device (other models in the pool, other processes)"
+    )
 
 
 def _reference_check(
@@ -387,8 +392,11 @@ def _reference_check(
     def run() -> None:
         result["output"] = forward(input_ids, mask, decoder, output_hidden_states=True)
 
-    with capture:
-        capture.run(run, axes, collect)
+    try:
+        with capture:
+            capture.run(run, axes, collect)
+    except torch.cuda.OutOfMemoryError:
+        raise _does_not_fit(len(token_ids[0])) from None
     alone = collect.values
     widths = {name: int(values.shape[-1]) for name, values in alone.items()}
     output = result.get("output")
