@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench.common import DEFAULT_MODEL_CACHE, MODEL_KEY, machine, table, write_results
+from neuronmap.settings import Settings
 
 N_BLOCKS = 30
 MARK = "RESULT "
@@ -154,7 +155,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--sizes", default="256,2048", help="comma-separated numbers of questions")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model-cache-dir", default=DEFAULT_MODEL_CACHE)
-    parser.add_argument("--window-mb", type=float, default=256.0)
+    parser.add_argument("--window-mb", type=float, default=Settings.window_mb)
     parser.add_argument("--lake-dir", default=str(Path(__file__).resolve().parent / "results"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="")

@@ -19,6 +19,7 @@ from neuronmap.lake import Lake, PointInfo, RunWriter, chunk_rows, encode
 from neuronmap.server import RunningServer
 from neuronmap.settings import Settings
 from neuronmap.v1 import catalog_pb2, common_pb2
+from tests.numpy_reference import numpy_statistics
 
 StartServer = Callable[..., RunningServer]
 POINTS = {"blocks.0.resid_post": 512, "embed": 96}
@@ -34,30 +35,10 @@ def client(start_server: StartServer, settings: Settings) -> Iterator[Client]:
         yield connected
 
 
-def reference(x: NDArray[np.float64], threshold: float) -> dict[str, NDArray[np.float64]]:
-    """Textbook statistics per column of `x` `[rows, d]`, in float64 with numpy."""
-    mean = x.mean(axis=0)
-    c = x - mean
-    c2 = c * c
-    m2 = c2.mean(axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        skewness = (c2 * c).mean(axis=0) / m2**1.5
-        kurtosis = (c2 * c2).mean(axis=0) / m2**2 - 3.0
-    return {
-        "mean": mean,
-        "std": x.std(axis=0),
-        "min": x.min(axis=0),
-        "max": x.max(axis=0),
-        "sparsity": (np.abs(x) <= threshold).mean(axis=0),
-        "skewness": skewness,
-        "kurtosis": kurtosis,
-    }
-
-
 def assert_statistics(stats: Statistics, x: NDArray[np.float64], threshold: float = 0.0) -> None:
     """Per-neuron and layer statistics of `stats` equal numpy's on `x` (NaN where numpy has NaN)."""
-    want = reference(x, threshold)
-    layer = reference(x.reshape(-1, 1), threshold)
+    want = numpy_statistics(x, threshold)
+    layer = numpy_statistics(x.reshape(-1, 1), threshold)
     assert stats.n_rows == len(x)
     for name in NAMES:
         np.testing.assert_allclose(stats.neurons[name], want[name], rtol=RTOL, atol=0, err_msg=name)

@@ -37,7 +37,7 @@ def out_of_memory_above(loaded: LoadedModel, max_rows: int, seen: list[int]) -> 
         if rows > max_rows:
             raise torch.cuda.OutOfMemoryError(f"injected: {rows} rows")
 
-    handle = loaded.model.model.layers[1].register_forward_pre_hook(hook)
+    handle = loaded.model.get_submodule("model.layers.1").register_forward_pre_hook(hook)
     try:
         yield
     finally:

@@ -14,31 +14,12 @@ from neuronmap.errors import InvalidArgument
 from neuronmap.lake import Lake, PointArray, PointInfo, RunWriter, chunk_rows, encode
 from neuronmap_analyzer.moments import STATISTICS
 from neuronmap_analyzer.statistics import analysis_id, compute_statistics
+from tests.numpy_reference import numpy_statistics
 
 POINT = "blocks.0.resid_post"
 WIDTH = 512
 ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4}
 RTOL = 1e-6
-
-
-def reference(x: NDArray[np.float64], threshold: float) -> dict[str, NDArray[np.float64]]:
-    """Textbook statistics per column of `x` `[rows, d]`, in float64 with numpy."""
-    mean = x.mean(axis=0)
-    c = x - mean
-    c2 = c * c
-    m2 = c2.mean(axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        skewness = (c2 * c).mean(axis=0) / m2**1.5
-        kurtosis = (c2 * c2).mean(axis=0) / m2**2 - 3.0
-    return {
-        "mean": mean,
-        "std": x.std(axis=0),
-        "min": x.min(axis=0),
-        "max": x.max(axis=0),
-        "sparsity": (np.abs(x) <= threshold).mean(axis=0),
-        "skewness": skewness,
-        "kurtosis": kurtosis,
-    }
 
 
 def activations(rows: int, rng: np.random.Generator) -> NDArray[np.float32]:
@@ -110,7 +91,7 @@ def test_statistics_match_numpy_on_stored_values(tmp_path: Path, dtype: str, red
     assert len(list(array.iter_blocks())) == 3
     result = compute_statistics(array, threshold=0.25)
     stored = array[:].astype(np.float64)
-    want = reference(stored, threshold=0.25)
+    want = numpy_statistics(stored, threshold=0.25)
     assert_matches(result.neurons, want)
     assert (result.n_rows, result.n_neurons, result.count) == (n_rows, WIDTH, n_rows * WIDTH)
     # Column 0 is constant; no other column is.
@@ -118,7 +99,7 @@ def test_statistics_match_numpy_on_stored_values(tmp_path: Path, dtype: str, red
     assert np.isfinite(result.neurons["kurtosis"][1:]).all()
     assert 0.09 < result.neurons["sparsity"][1:].mean() < 0.12
 
-    layer = reference(stored.reshape(-1, 1), threshold=0.25)
+    layer = numpy_statistics(stored.reshape(-1, 1), threshold=0.25)
     assert set(result.layer) == set(STATISTICS)
     for name in STATISTICS:
         assert result.layer[name] == pytest.approx(float(layer[name][0]), rel=RTOL), name
@@ -138,7 +119,7 @@ def test_a_running_run_is_read_up_to_its_committed_rows(tmp_path: Path) -> None:
 
     result = compute_statistics(lake.open_run("r1").array(POINT))
     assert result.n_rows == committed < n_rows
-    assert_matches(result.neurons, reference(x[:committed].astype(np.float64), threshold=0.0))
+    assert_matches(result.neurons, numpy_statistics(x[:committed].astype(np.float64), threshold=0.0))
 
 
 def test_a_run_with_no_committed_rows_gives_nan(tmp_path: Path) -> None:
