@@ -91,6 +91,7 @@ def stacks(tmp_path: Path) -> Iterator[Callable[[str], Stack]]:
         stack.stop()
 
 
+@pytest.mark.slow
 def test_killed_extractor_resumes_to_identical_arrays(
     stacks: Callable[[str], Stack], tiny_model: Callable[..., Path]
 ) -> None:

@@ -111,6 +111,7 @@ def test_jobs_survive_the_caller_and_can_be_watched_again(client: Client, tiny_m
     assert run.run_id == first.run_id
 
 
+@pytest.mark.slow
 def test_cancel_then_resume_gives_the_uninterrupted_result(
     start_server: StartServer, tiny_model: TinyModel, tmp_path: Path
 ) -> None:

@@ -40,6 +40,7 @@ def _check(run_array: np.ndarray, offsets: np.ndarray, reference: list[np.ndarra
     return worst
 
 
+@pytest.mark.slow
 def test_smollm2_activations_equal_its_own_hidden_states(client: Client) -> None:
     points = ["embed", "blocks.0.resid_post", "blocks.14.resid_post", "blocks.28.resid_post", "final_norm"]
     run = client.extract("smollm2_135m", PROMPTS, points, batch_size=3)
