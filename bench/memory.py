@@ -7,10 +7,10 @@ the child loads SmolLM2-135M as the extractor does, notes its peak RSS right aft
 weights, torch, transformers), then extracts all 30 blocks.{i}.resid_post of that many questions (the
 same ~128-token questions as bench/extraction.py) in fp16 into a fresh local lake through `execute`,
 sampling its current RSS after every batch, and reports its peak RSS (`getrusage(RUSAGE_SELF).ru_maxrss`).
-The extractor's memory is meant to be bounded by the model plus three windows of activations (the one
-being filled, the one queued, the one being written; settings.window_mb each), whatever the number of
-questions: the peak of 2,048 questions should equal that of 256 within noise, though the lake it writes
-is eight times larger.
+The extractor's memory is meant to be bounded by the model, one window of activations (settings.window_mb,
+its buffer reused from window to window) and what the writer holds while it stores a window, whatever the
+number of questions: where every size fills several windows (--window-mb 256 for these sizes), the peak
+of 2,048 questions should equal that of 256 within noise, though the lake it writes is eight times larger.
 """
 
 from __future__ import annotations

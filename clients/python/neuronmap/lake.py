@@ -283,7 +283,12 @@ class RunReader:
         axis = self.points[point].axis
         offsets = self.offsets(axis) if self.layout.reduction == "tokens" else None
         rows = self.rows_of(0, self.committed_prompts, axis)[1]
-        return PointArray(self.group[f"points/{point}"], self.layout.dtype, rows, offsets)
+        return PointArray(self._array(point), self.layout.dtype, rows, offsets)
+
+    def _array(self, name: str) -> zarr.Array:
+        if name not in self._arrays:
+            self._arrays[name] = self.group[f"points/{name}"]
+        return self._arrays[name]
 
     def read(self, point: str) -> np.ndarray:
         """Every committed row of a point, in memory: `[rows, d]`."""
@@ -313,11 +318,6 @@ class RunWriter(RunReader):
             await asyncio.gather(*writes)
 
         sync(write_all())
-
-    def _array(self, name: str) -> zarr.Array:
-        if name not in self._arrays:
-            self._arrays[name] = self.group[f"points/{name}"]
-        return self._arrays[name]
 
     def commit(self, p1: int) -> None:
         """Marks prompts [0, p1) durable. Call only after their `write` returned."""
