@@ -305,17 +305,19 @@ class RunWriter(RunReader):
         missing = set(self.points) - set(values)
         if missing:
             raise InvalidArgument(f"window {p0}:{p1} lacks points {sorted(missing)}")
-        writes = []
+        rows = {}
         for name, block in values.items():
             r0, r1 = self.rows_of(p0, p1, self.points[name].axis)
             if block.shape != (r1 - r0, self.points[name].width):
                 raise InvalidArgument(f"{name}: block {block.shape} != {(r1 - r0, self.points[name].width)}")
-            writes.append(self._array(name)._async_array.setitem(slice(r0, r1), block))
+            rows[name] = slice(r0, r1)
 
         # Every point's chunks at once: an object store answers each PUT after a round trip, and zarr
         # bounds the concurrency (its async.concurrency setting).
+        arrays = {name: self._array(name)._async_array for name in values}  # opened outside the loop
+
         async def write_all() -> None:
-            await asyncio.gather(*writes)
+            await asyncio.gather(*(arrays[name].setitem(rows[name], block) for name, block in values.items()))
 
         sync(write_all())
 
