@@ -52,6 +52,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 from unittest import mock
 
@@ -158,16 +159,27 @@ def padded_positions(tokens: Tokenized, batches: Sequence[np.ndarray]) -> int:
 # ---- the variants ------------------------------------------------------------------------------
 
 
-def time_forward(
-    model: torch.nn.Module, tokens: Tokenized, batches: Sequence[np.ndarray], pad_value: int, hidden: bool
+def time_batches(
+    run_batch: Callable[[torch.Tensor, torch.Tensor], object],
+    tokens: Tokenized,
+    batches: Sequence[np.ndarray],
+    pad_value: int,
 ) -> Timing:
-    """A plain HF forward over the batches (padding included in the time, as NeuronMap pads too)."""
+    """run_batch(ids, mask) over the padded batches (padding included in the time, as NeuronMap pads
+    too); what it returns is dropped at once, as a caller done with a batch would."""
     with Stopwatch() as watch, torch.inference_mode():
         for batch in batches:
             ids, mask = pad([tokens.ids[int(p)] for p in batch], pad_value)
-            output = model(input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=hidden)
+            output = run_batch(ids, mask)
             del output
     return watch.timing
+
+
+def hf_forward(model: torch.nn.Module, hidden: bool) -> Callable[[torch.Tensor, torch.Tensor], object]:
+    """A plain HF forward, logits computed (and every hidden state with `hidden`)."""
+    return lambda ids, mask: model(
+        input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=hidden
+    )
 
 
 def time_execute(
@@ -231,15 +243,6 @@ def tl_batch(bridge: Any, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, to
     return {f"blocks.{i}.resid_post": cache[name] for i, name in enumerate(names)}
 
 
-def time_tl(bridge: Any, tokens: Tokenized, batches: Sequence[np.ndarray], pad_value: int) -> Timing:
-    with Stopwatch() as watch, torch.inference_mode():
-        for batch in batches:
-            ids, mask = pad([tokens.ids[int(p)] for p in batch], pad_value)
-            cached = tl_batch(bridge, ids, mask)
-            del cached
-    return watch.timing
-
-
 def load_nnsight(location: str, loaded: LoadedModel) -> Any | None:
     """An nnsight model over its own copy of the weights, or None when nnsight is absent."""
     try:
@@ -261,15 +264,6 @@ def nnsight_batch(model: Any, ids: torch.Tensor, mask: torch.Tensor) -> dict[str
         f"blocks.{i}.resid_post": value[0] if isinstance(value, tuple) else value
         for i, value in enumerate(saved)
     }
-
-
-def time_nnsight(model: Any, tokens: Tokenized, batches: Sequence[np.ndarray], pad_value: int) -> Timing:
-    with Stopwatch() as watch, torch.inference_mode():
-        for batch in batches:
-            ids, mask = pad([tokens.ids[int(p)] for p in batch], pad_value)
-            saved = nnsight_batch(model, ids, mask)
-            del saved
-    return watch.timing
 
 
 # ---- same work: each alternative's activations against what NeuronMap stored ---------------------
@@ -454,8 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     recorded: list[np.ndarray] = []
     variants = [
-        Variant("a", "bare", lambda: time_forward(model, tokens, batches, pad_value, hidden=False)),
-        Variant("b", "hidden", lambda: time_forward(model, tokens, batches, pad_value, hidden=True)),
+        Variant("a", "bare", lambda: time_batches(hf_forward(model, False), tokens, batches, pad_value)),
+        Variant("b", "hidden", lambda: time_batches(hf_forward(model, True), tokens, batches, pad_value)),
         Variant(
             "c", "nm30", lambda: time_execute(all_blocks, loaded, lake_parent, window_bytes, record=recorded)
         ),
@@ -482,13 +476,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             Variant(
                 "f",
                 "tlens",
-                lambda: time_tl(tl, tokens, batches, pad_value),
+                lambda: time_batches(partial(tl_batch, tl), tokens, batches, pad_value),
                 note=f"TransformerBridge, {args.tl_attention} attention",
             )
         )
     if nn_model is not None:
         nn = nn_model
-        variants.append(Variant("g", "nnsight", lambda: time_nnsight(nn, tokens, batches, pad_value)))
+        variants.append(
+            Variant(
+                "g", "nnsight", lambda: time_batches(partial(nnsight_batch, nn), tokens, batches, pad_value)
+            )
+        )
     if args.only:
         keep = set(args.only.split(","))
         variants = [v for v in variants if v.key in keep or v.label in keep or v.label == "bare"]
