@@ -13,6 +13,8 @@ questions of 100-155 tokens, wall time of
   e  nm30bg    as c, with the background writer forced (NEURONMAP_WRITER=background)
   f  tlens     TransformerLens `TransformerBridge.run_with_cache`, names_filter = the 30 hook_resid_post
   g  nnsight   nnsight `trace` + `.save()` of the 30 decoder layers' outputs
+  i  body      the base model's forward alone (`model.model` here: every block and the final norm, no
+               LM head), with --body-variant: the floor for any tool that reads all 30 blocks
 
 over the batches NeuronMap forms for the 30-point run (windows of consecutive prompts under the
 extractor's window budget, length-sorted batches inside each window): the baselines (a, b, f, g) run
@@ -328,6 +330,11 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="add h nm30nowrite: as c with the windows never written (what the writes cost)",
     )
+    parser.add_argument(
+        "--body-variant",
+        action="store_true",
+        help="add i body: the base model without its LM head (the floor for reading every block)",
+    )
     parser.add_argument("--model-cache-dir", default=DEFAULT_MODEL_CACHE)
     parser.add_argument("--window-mb", type=float, default=Settings.window_mb)
     parser.add_argument("--batch-size", type=int, default=0, help="0: the registry's (16 for SmolLM2)")
@@ -468,6 +475,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "nm30nowrite",
                 lambda: time_execute(all_blocks, loaded, lake_parent, window_bytes, no_write=True),
                 note="diagnostic: windows committed but never written (not a usable run)",
+            )
+        )
+    if args.body_variant:
+        body = model.get_submodule(str(model.base_model_prefix))
+        variants.append(
+            Variant(
+                "i",
+                "body",
+                lambda: time_batches(
+                    lambda ids, mask: body(input_ids=ids, attention_mask=mask, use_cache=False),
+                    tokens,
+                    batches,
+                    pad_value,
+                ),
+                note="diagnostic: the blocks and the final norm without the LM head",
             )
         )
     if bridge is not None:
