@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,11 +18,20 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from neuronmap.client import Client
 from neuronmap.server import SERVICES, RunningServer, serve
 from neuronmap.settings import Settings, load_settings
+from neuronmap.v1 import extractor_pb2
 
 if TYPE_CHECKING:
     from tests.s3 import S3Server
 
 StartServer = Callable[..., RunningServer]
+
+
+def follow_until(events: Iterable[extractor_pb2.JobEvent], prompts_done: int, seconds: float) -> None:
+    """Reads a job's events until it has done `prompts_done` prompts, or `seconds` have passed."""
+    deadline = time.monotonic() + seconds
+    for event in events:
+        if event.progress.prompts_done >= prompts_done or time.monotonic() > deadline:
+            return
 
 
 def make_settings(root: Path, **overrides: object) -> Settings:

@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from neuronmap.client import Client
 from neuronmap.lake import Lake
 from neuronmap.settings import load_settings
 from neuronmap.v1 import extractor_pb2
+from tests.conftest import follow_until
 
 PROMPTS = [
     f"prompt {i}: " + " ".join(["neurons", "fire", "when", "tokens", "arrive"][: 1 + i % 5])
@@ -101,10 +101,7 @@ def test_killed_extractor_resumes_to_identical_arrays(
     with crashing.client() as client:
         events = client.extract_events(folder, PROMPTS, POINTS, batch_size=2)
         run_id = next(events).run_id
-        deadline = time.monotonic() + 120
-        for event in events:
-            if event.progress.prompts_done >= 200 or time.monotonic() > deadline:
-                break
+        follow_until(events, prompts_done=200, seconds=120)
     crashing.kill()  # SIGKILL: no cleanup, no final status
 
     lake = Lake(str(crashing.root / "lake"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 from neuronmap.client import Client
 from neuronmap.errors import FailedPrecondition, InvalidArgument, NeuronMapError, NotFound
 from neuronmap.v1 import catalog_pb2, common_pb2, extractor_pb2
-from tests.conftest import StartServer, make_settings
+from tests.conftest import StartServer, follow_until, make_settings
 
 TinyModel = Callable[..., Path]
 
@@ -123,10 +122,7 @@ def test_cancel_then_resume_gives_the_uninterrupted_result(
     with Client(running.settings) as client:
         events = client.extract_events(folder, prompts, points, batch_size=1)
         job_id = next(events).job_id
-        deadline = time.monotonic() + 60
-        for event in events:
-            if event.progress.prompts_done >= 100 or time.monotonic() > deadline:
-                break
+        follow_until(events, prompts_done=100, seconds=60)
         client.cancel(job_id)
         with pytest.raises(NeuronMapError, match="cancelled"):
             client.watch(job_id)
